@@ -1,0 +1,11 @@
+//! Guest-visible devices of cvmm.
+//!
+//! Everything here sees guest-controlled data and treats it as hostile: every access is
+//! bounds-checked and no input panics. The crate knows nothing about KVM: devices are driven
+//! through the [`bus::PioDevice`]/[`bus::MmioDevice`] traits and signal interrupts through
+//! eventfds, so tests can play the guest without a hypervisor.
+
+pub mod bus;
+pub mod legacy;
+pub mod net;
+pub mod p9;

@@ -1,0 +1,1 @@
+//! One cvmm virtual machine.
