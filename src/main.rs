@@ -1,1 +1,11 @@
-fn main() {}
+//! `cvmm`: the command line. Parses arguments and hands over to the library crates; no VM or
+//! API logic lives here.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    vmm::timeline::mark_process_start();
+    cli::main()
+}

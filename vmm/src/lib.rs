@@ -1,1 +1,18 @@
-//! One cvmm virtual machine.
+//! One cvmm virtual machine: a [`spec::VmSpec`] becomes a KVM VM with guest memory, vCPUs,
+//! devices and a booted guest (bzImage/PVH direct boot; firmware and IGVM later), run until the
+//! guest stops, with a boot timeline of every phase.
+
+pub mod acpi;
+pub mod boot;
+pub mod console;
+pub mod cpuid;
+pub mod error;
+pub mod layout;
+pub mod memory;
+pub mod regs;
+pub mod spec;
+pub mod timeline;
+pub mod vcpu;
+pub mod vm;
+
+pub use vm::{run_spec, VmExit};

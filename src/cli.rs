@@ -1,0 +1,238 @@
+//! Subcommands and their flags. Exit statuses of `cvmm run`: 0 guest powered off, 1 VMM
+//! failure, 2 bad input, 3 guest reset, 4 triple fault, 5 guest panic, 6 KVM could not run the
+//! guest, 128+N stopped by signal N.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vmm::spec::{SerialSpec, VmSpec};
+use vmm::timeline::Timeline;
+
+/// Exit status for bad input.
+const EXIT_INPUT: u8 = 2;
+/// Exit status for a VMM failure.
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser)]
+#[command(name = "cvmm", version, about = "A QEMU-free VMM for confidential VMs")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot one VM in the foreground.
+    Run(RunArgs),
+    /// (internal) Run one VM described by a JSON VmSpec; used by `cvmm manager`.
+    Vm {
+        /// Path of the VmSpec JSON file.
+        #[arg(long)]
+        spec: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Kernel: a bzImage, or an ELF vmlinux with a PVH note.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initial ramdisk.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "")]
+    append: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value = "1")]
+    smp: String,
+    /// Guest memory, QEMU syntax: 512M, 2G; a bare number is MiB.
+    #[arg(long, default_value = "512M")]
+    memory: String,
+    /// CPU model and feature edits: host, EPYC, EPYC-v4, with ,+feat / ,-feat.
+    #[arg(long, default_value = "host")]
+    cpu: String,
+    /// Guest console: stdio, none or file:PATH.
+    #[arg(long, default_value = "stdio")]
+    serial: String,
+    /// Write the boot timeline as JSON to this file.
+    #[arg(long)]
+    timeline: Option<PathBuf>,
+}
+
+/// Parses a QEMU-style size into MiB: `512M`, `2G`, `1T`, `524288K`, `1.5G`; bare = MiB.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, suffix) = t.split_at(split);
+    let mult: f64 = match suffix
+        .trim_end_matches(['B', 'b'])
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "" | "M" => 1.0,
+        "K" => 1.0 / 1024.0,
+        "G" => 1024.0,
+        "T" => 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "--memory '{s}': unknown size suffix '{other}' (use K, M, G or T)"
+            ))
+        }
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("--memory '{s}': '{num}' is not a number"))?;
+    let mib = n * mult;
+    if !mib.is_finite() || mib < 1.0 || mib.fract() != 0.0 {
+        return Err(format!(
+            "--memory '{s}': must be a whole number of MiB, at least 1M"
+        ));
+    }
+    Ok(mib as u64)
+}
+
+fn parse_serial(s: &str) -> Result<SerialSpec, String> {
+    match s {
+        "stdio" => Ok(SerialSpec::Stdio),
+        "none" => Ok(SerialSpec::None),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(SerialSpec::File(p.into())),
+            _ => Err(format!("--serial '{s}': expected stdio, none or file:PATH")),
+        },
+    }
+}
+
+fn parse_smp(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("--smp '{s}': not a number of vCPUs"))?;
+    if n == 0 {
+        return Err("--smp 0: a VM needs at least one vCPU".into());
+    }
+    Ok(n)
+}
+
+impl RunArgs {
+    fn into_spec(self) -> Result<VmSpec, String> {
+        Ok(VmSpec {
+            kernel: Some(self.kernel),
+            initrd: self.initrd,
+            cmdline: self.append,
+            vcpus: parse_smp(&self.smp)?,
+            memory_mib: parse_memory(&self.memory)?,
+            cpu: self.cpu,
+            serial: parse_serial(&self.serial)?,
+            timeline: self.timeline,
+            ..Default::default()
+        })
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CVMM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn run_vm(spec: VmSpec, timeline: Timeline) -> ExitCode {
+    match vmm::run_spec(&spec, timeline) {
+        Ok(exit) => {
+            eprintln!("cvmm: {}", exit.reason());
+            ExitCode::from(exit.exit_code().clamp(0, 255) as u8)
+        }
+        Err(e) if e.is_input() => {
+            eprintln!("cvmm: error: {e}");
+            ExitCode::from(EXIT_INPUT)
+        }
+        Err(e) => {
+            eprintln!("cvmm: VMM failure: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn load_spec(path: &std::path::Path) -> anyhow::Result<VmSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read VM spec '{}'", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("bad VM spec '{}'", path.display()))
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_INPUT } else { 0 });
+        }
+    };
+    init_logging();
+    let timeline = Timeline::new();
+    match cli.cmd {
+        Command::Run(args) => match args.into_spec() {
+            Ok(spec) => {
+                timeline.mark("args_parsed");
+                run_vm(spec, timeline)
+            }
+            Err(msg) => {
+                eprintln!("cvmm: error: {msg}");
+                ExitCode::from(EXIT_INPUT)
+            }
+        },
+        Command::Vm { spec } => match load_spec(&spec) {
+            Ok(spec) => {
+                timeline.mark("args_parsed");
+                run_vm(spec, timeline)
+            }
+            Err(e) => {
+                eprintln!("cvmm: error: {e:#}");
+                ExitCode::from(EXIT_INPUT)
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_follow_qemu_syntax() {
+        assert_eq!(parse_memory("512"), Ok(512));
+        assert_eq!(parse_memory("512M"), Ok(512));
+        assert_eq!(parse_memory("2G"), Ok(2048));
+        assert_eq!(parse_memory("1.5G"), Ok(1536));
+        assert_eq!(parse_memory("524288K"), Ok(512));
+        assert_eq!(parse_memory("1T"), Ok(1 << 20));
+        assert_eq!(parse_memory("2gb"), Ok(2048));
+        let e = parse_memory("12Q").unwrap_err();
+        assert!(e.contains("'12Q'") && e.contains("'Q'"), "{e}");
+        assert!(parse_memory("lots").is_err());
+        assert!(parse_memory("0").is_err());
+        assert!(parse_memory("100K").is_err());
+        assert!(parse_memory("").is_err());
+    }
+
+    #[test]
+    fn serial_and_smp_values() {
+        assert_eq!(parse_serial("none"), Ok(SerialSpec::None));
+        assert_eq!(
+            parse_serial("file:/tmp/x"),
+            Ok(SerialSpec::File("/tmp/x".into()))
+        );
+        assert!(parse_serial("file:").is_err());
+        assert!(parse_serial("pty").is_err());
+        assert_eq!(parse_smp("4"), Ok(4));
+        assert!(parse_smp("0").unwrap_err().contains("--smp 0"));
+        assert!(parse_smp("-1").is_err());
+    }
+}

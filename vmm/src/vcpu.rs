@@ -1,0 +1,128 @@
+//! vCPU threads: each runs `KVM_RUN` in a loop and routes exits to the port-I/O and MMIO buses;
+//! exits that end the VM (triple fault, system events, emulation failures) are reported as a
+//! [`VmExit`]. The main thread stops a vCPU by clearing `running` and kicking the thread with a
+//! signal so that `KVM_RUN` returns `EINTR`.
+
+use crate::timeline::Timeline;
+use crate::vm::VmExit;
+use devices::bus::{MmioBus, PioBus};
+use devices::legacy::StopSignal;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
+
+/// The signal used to kick vCPU threads out of `KVM_RUN`.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) kick handler once per process.
+pub fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = register_signal_handler(kick_signal(), on_kick) {
+            tracing::error!("cannot install the vCPU kick handler: {e}");
+        }
+    });
+}
+
+/// Shared state of the VM the vCPU threads report to.
+#[derive(Clone)]
+pub struct VcpuShared {
+    pub pio: Arc<PioBus>,
+    pub mmio: Arc<MmioBus>,
+    pub stop: StopSignal,
+    pub fault: Arc<Mutex<Option<VmExit>>>,
+    pub running: Arc<AtomicBool>,
+    pub timeline: Timeline,
+}
+
+impl VcpuShared {
+    fn fail(&self, exit: VmExit) {
+        let mut f = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(exit);
+        }
+        let _ = self.stop.eventfd().write(1);
+    }
+}
+
+/// Runs vCPU `id` until the VM stops.
+pub fn run(mut fd: VcpuFd, id: u32, sh: VcpuShared) {
+    let mut first = true;
+    while sh.running.load(Ordering::Acquire) {
+        if first {
+            sh.timeline.mark_vcpu("first_kvm_run", id);
+            first = false;
+        }
+        match fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                sh.pio.pio_read(port, data);
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                sh.pio.pio_write(port, data);
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                sh.mmio.mmio_read(addr, data);
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                sh.mmio.mmio_write(addr, data);
+            }
+            Ok(VcpuExit::Hlt) => {
+                // With the in-kernel LAPIC, HLT does not exit; if it does, nothing will wake
+                // this vCPU, which is how a halted single-vCPU guest ends.
+                tracing::debug!(vcpu = id, "vCPU halted");
+                std::thread::park_timeout(std::time::Duration::from_millis(10));
+            }
+            Ok(VcpuExit::Shutdown) => {
+                tracing::warn!(vcpu = id, "triple fault");
+                sh.fail(VmExit::TripleFault);
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => sh.stop.stop(devices::legacy::GuestStop::PowerOff),
+                KVM_SYSTEM_EVENT_RESET => sh.stop.stop(devices::legacy::GuestStop::Reset),
+                KVM_SYSTEM_EVENT_CRASH => sh.stop.stop(devices::legacy::GuestStop::Panic),
+                other => sh.fail(VmExit::Failed(format!(
+                    "vCPU {id}: unhandled KVM system event {other}"
+                ))),
+            },
+            Ok(VcpuExit::InternalError) => {
+                let run = fd.get_kvm_run();
+                // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the member of
+                // the exit union KVM filled in.
+                let internal = unsafe { run.__bindgen_anon_1.internal };
+                let n = (internal.ndata as usize).min(internal.data.len());
+                sh.fail(VmExit::InternalError(format!(
+                    "vCPU {id}: KVM internal error, suberror {} data {:x?}",
+                    internal.suberror,
+                    &internal.data[..n]
+                )));
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => sh.fail(VmExit::Failed(format!(
+                "vCPU {id}: VM entry failed, hardware reason {reason:#x} on host CPU {cpu}"
+            ))),
+            Ok(VcpuExit::Intr) => {}
+            Ok(other) => {
+                tracing::warn!(vcpu = id, exit = ?other, "unexpected vCPU exit");
+                sh.fail(VmExit::Failed(format!(
+                    "vCPU {id}: unexpected exit {other:?}"
+                )));
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                fd.set_kvm_immediate_exit(0);
+            }
+            Err(e) => sh.fail(VmExit::Failed(format!("vCPU {id}: KVM_RUN failed: {e}"))),
+        }
+        if sh.fault.lock().map(|f| f.is_some()).unwrap_or(true) || sh.stop.reason().is_some() {
+            break;
+        }
+    }
+    tracing::debug!(vcpu = id, "vCPU thread exits");
+}

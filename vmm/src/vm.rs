@@ -1,0 +1,416 @@
+//! Building and running one VM from a [`VmSpec`]: KVM VM, guest memory, in-kernel irqchip,
+//! ACPI tables, kernel, legacy devices, vCPU threads, and the device event loop that runs until
+//! the guest stops (power-off, reset, panic, triple fault) or the VMM is told to stop.
+
+use crate::acpi;
+use crate::boot::{self, BootInputs};
+use crate::console::{ConsoleInput, ConsoleOutput};
+use crate::cpuid::{self, CpuTemplate};
+use crate::error::{kvm_call, Result, VmmError};
+use crate::layout::*;
+use crate::memory::{self, GuestMem};
+use crate::regs;
+use crate::spec::VmSpec;
+use crate::timeline::Timeline;
+use crate::vcpu::{self, VcpuShared};
+use devices::bus::{MmioBus, PioBus, PioDevice};
+use devices::legacy::{
+    AcpiPowerPorts, CmosRtc, DebugPort, GuestStop, PvPanic, SerialPort, StopSignal, I8042,
+};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VmFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest powered off (ACPI S5).
+    PowerOff,
+    /// The guest asked for a reset (reboot).
+    Reset,
+    /// The guest reported a panic (pvpanic).
+    Panic,
+    /// The guest triple-faulted.
+    TripleFault,
+    /// KVM could not run the guest (e.g. emulation failure).
+    InternalError(String),
+    /// The VMM was told to stop by a signal.
+    Signal(i32),
+    /// The VMM failed while running.
+    Failed(String),
+}
+
+impl VmExit {
+    /// The process exit status `cvmm run` uses for this end.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmExit::PowerOff => 0,
+            VmExit::Failed(_) => 1,
+            VmExit::Reset => 3,
+            VmExit::TripleFault => 4,
+            VmExit::Panic => 5,
+            VmExit::InternalError(_) => 6,
+            VmExit::Signal(s) => 128 + s,
+        }
+    }
+
+    /// Short machine-friendly name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            VmExit::PowerOff => "poweroff",
+            VmExit::Reset => "reset",
+            VmExit::Panic => "panic",
+            VmExit::TripleFault => "triple_fault",
+            VmExit::InternalError(_) => "internal_error",
+            VmExit::Signal(_) => "signal",
+            VmExit::Failed(_) => "failed",
+        }
+    }
+
+    /// A one-line human reason.
+    pub fn reason(&self) -> String {
+        match self {
+            VmExit::PowerOff => "guest powered off".into(),
+            VmExit::Reset => "guest requested a reset (reboot)".into(),
+            VmExit::Panic => "guest kernel panicked (pvpanic)".into(),
+            VmExit::TripleFault => "guest triple-faulted (CPU shutdown)".into(),
+            VmExit::InternalError(s) => format!("KVM could not run the guest: {s}"),
+            VmExit::Signal(s) => format!("stopped by signal {s}"),
+            VmExit::Failed(s) => format!("VMM failure: {s}"),
+        }
+    }
+}
+
+static TERM_FD: AtomicI32 = AtomicI32::new(-1);
+static TERM_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_term(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    TERM_SIGNAL.store(sig, Ordering::SeqCst);
+    let fd = TERM_FD.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; `one` outlives the call and fd is an eventfd
+        // owned by the running VM (a stale fd number only makes the write fail).
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// Checks a spec without touching KVM: every user-given value that can be wrong.
+pub fn validate(spec: &VmSpec) -> Result<CpuTemplate> {
+    if spec.vcpus == 0 {
+        return Err(VmmError::Input(
+            "--smp 0: a VM needs at least one vCPU".into(),
+        ));
+    }
+    memory::ram_ranges(spec.memory_mib)?;
+    if spec.kernel.is_none() {
+        return Err(VmmError::Input("no --kernel given".into()));
+    }
+    CpuTemplate::parse(&spec.cpu)
+}
+
+/// A VM that has been built and is ready to run.
+pub struct Vm {
+    _kvm: Kvm,
+    vm: VmFd,
+    _mem: GuestMem,
+    vcpus: Vec<(u32, kvm_ioctls::VcpuFd)>,
+    shared: VcpuShared,
+    serial: Arc<Mutex<SerialPort>>,
+    serial_out: ConsoleOutput,
+    stdin: bool,
+    timeline: Timeline,
+}
+
+fn open_kvm() -> Result<Kvm> {
+    Kvm::new().map_err(|e| {
+        VmmError::Kvm(format!(
+            "cannot open /dev/kvm: {e} (is the kvm module loaded, and may this user open it?)"
+        ))
+    })
+}
+
+impl Vm {
+    /// Builds the VM described by `spec`.
+    pub fn build(spec: &VmSpec, timeline: Timeline) -> Result<Self> {
+        let template = validate(spec)?;
+        let kvm = open_kvm()?;
+        let max = kvm.get_max_vcpus() as u32;
+        if spec.vcpus > max {
+            return Err(VmmError::Input(format!(
+                "--smp {}: KVM allows at most {max} vCPUs per VM",
+                spec.vcpus
+            )));
+        }
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        timeline.mark("kvm_vm_created");
+
+        let mem = memory::create(spec.memory_mib)?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|e| VmmError::Memory(format!("region {slot}: {e}")))?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which the Vm keeps for as
+            // long as the KVM VM exists; slots are distinct and do not overlap.
+            unsafe { vm.set_user_memory_region(r) }
+                .map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        timeline.mark("memory_mapped");
+
+        vm.set_tss_address(KVM_TSS_ADDR)
+            .map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_call("KVM_CREATE_PIT2"))?;
+
+        let rsdp = acpi::write_tables(&mem, spec.vcpus)?;
+        let kernel = spec.kernel.as_deref().expect("validated");
+        let entry = boot::load(
+            &mem,
+            &BootInputs {
+                kernel,
+                initrd: spec.initrd.as_deref(),
+                cmdline: &spec.cmdline,
+                memory_mib: spec.memory_mib,
+                rsdp,
+            },
+        )?;
+        timeline.mark("images_loaded");
+        tracing::info!(
+            protocol = entry.protocol.name(),
+            entry = format!("{:#x}", entry.rip),
+            "kernel loaded"
+        );
+
+        let stop = StopSignal::new().map_err(host_err("stop eventfd"))?;
+        let (serial_out, stdin) = ConsoleOutput::open(&spec.serial)?;
+        let serial_irq =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("serial irq eventfd"))?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(kvm_call("KVM_IRQFD"))?;
+        let serial = Arc::new(Mutex::new(SerialPort::new(
+            serial_irq,
+            Box::new(serial_out.clone()),
+        )));
+        let mut pio = PioBus::default();
+        let tl = timeline.clone();
+        let debug = DebugPort::new(Box::new(move |code, at| tl.debug_code(code, at)));
+        let devs: Vec<(u16, u16, Arc<Mutex<dyn PioDevice>>)> = vec![
+            (COM1_PORT, 8, serial.clone()),
+            (0x60, 5, Arc::new(Mutex::new(I8042::new(stop.clone())))),
+            (0x70, 2, Arc::new(Mutex::new(CmosRtc::default()))),
+            (0x80, 1, Arc::new(Mutex::new(debug))),
+            (
+                PVPANIC_PORT,
+                1,
+                Arc::new(Mutex::new(PvPanic::new(stop.clone()))),
+            ),
+            (
+                ACPI_PM_PORT,
+                3,
+                Arc::new(Mutex::new(AcpiPowerPorts::new(stop.clone()))),
+            ),
+        ];
+        for (base, len, dev) in devs {
+            pio.insert(u64::from(base), u64::from(len), dev)
+                .map_err(|e| VmmError::Memory(format!("port map: {e}")))?;
+        }
+
+        let mut supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
+        cpuid::apply_template(&mut supported, &template);
+        let mut vcpus = Vec::new();
+        for id in 0..spec.vcpus {
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_call("KVM_CREATE_VCPU"))?;
+            fd.set_cpuid2(&cpuid::for_vcpu(&supported, id, spec.vcpus))
+                .map_err(kvm_call("KVM_SET_CPUID2"))?;
+            regs::setup_msrs(&fd)?;
+            regs::setup_fpu(&fd)?;
+            regs::setup_lapic(&fd)?;
+            if id == 0 {
+                regs::setup_sregs(&mem, &fd, &entry)?;
+                regs::setup_regs(&fd, &entry)?;
+            }
+            vcpus.push((id, fd));
+        }
+        timeline.mark("vcpus_created");
+
+        Ok(Self {
+            _kvm: kvm,
+            vm,
+            _mem: mem,
+            vcpus,
+            shared: VcpuShared {
+                pio: Arc::new(pio),
+                mmio: Arc::new(MmioBus::default()),
+                stop,
+                fault: Arc::new(Mutex::new(None)),
+                running: Arc::new(AtomicBool::new(true)),
+                timeline: timeline.clone(),
+            },
+            serial,
+            serial_out,
+            stdin,
+            timeline,
+        })
+    }
+
+    /// Runs the VM until it stops; returns how it ended.
+    pub fn run(mut self) -> Result<VmExit> {
+        vcpu::install_kick_handler();
+        let term = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("signal eventfd"))?;
+        TERM_FD.store(term_raw(&term), Ordering::SeqCst);
+        for sig in [libc::SIGTERM, libc::SIGINT] {
+            if let Err(e) = vmm_sys_util::signal::register_signal_handler(sig, on_term) {
+                tracing::warn!("cannot handle signal {sig}: {e}");
+            }
+        }
+        let mut threads = Vec::new();
+        for (id, fd) in self.vcpus.drain(..) {
+            let sh = self.shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || vcpu::run(fd, id, sh))
+                .map_err(host_err("spawning a vCPU thread"))?;
+            threads.push(t);
+        }
+
+        let done = Arc::new(AtomicBool::new(false));
+        let mut em =
+            EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().map_err(|e| {
+                VmmError::Host {
+                    what: "event manager",
+                    source: std::io::Error::other(format!("{e:?}")),
+                }
+            })?;
+        em.add_subscriber(Arc::new(Mutex::new(StopWatcher {
+            stop: self
+                .shared
+                .stop
+                .eventfd()
+                .try_clone()
+                .map_err(host_err("eventfd"))?,
+            term: term.try_clone().map_err(host_err("eventfd"))?,
+            done: done.clone(),
+        })));
+        if self.stdin {
+            em.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(self.serial.clone()))));
+        }
+        while !done.load(Ordering::Acquire) {
+            if let Err(e) = em.run_with_timeout(50) {
+                tracing::warn!("event loop: {e:?}");
+            }
+            self.serial_out.flush_pending();
+        }
+        self.timeline.mark("guest_stop");
+
+        // Stop the vCPUs: clear `running`, then kick until every thread is gone.
+        self.shared.running.store(false, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            for t in threads.iter().filter(|t| !t.is_finished()) {
+                let _ = t.kill(vcpu::kick_signal());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for t in threads {
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::error!("a vCPU thread did not stop within 5 s");
+            }
+        }
+        TERM_FD.store(-1, Ordering::SeqCst);
+        self.serial_out.flush_pending();
+
+        let fault = self
+            .shared
+            .fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let exit = match (self.shared.stop.reason(), fault) {
+            (Some(GuestStop::PowerOff), _) => VmExit::PowerOff,
+            (Some(GuestStop::Reset), _) => VmExit::Reset,
+            (Some(GuestStop::Panic), _) => VmExit::Panic,
+            (None, Some(f)) => f,
+            (None, None) => VmExit::Signal(TERM_SIGNAL.load(Ordering::SeqCst)),
+        };
+        drop(self.vm);
+        Ok(exit)
+    }
+}
+
+fn term_raw(e: &EventFd) -> i32 {
+    use std::os::fd::AsRawFd;
+    e.as_raw_fd()
+}
+
+fn kvm_err(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |e| {
+        if e.errno() == libc::EACCES || e.errno() == libc::ENOENT {
+            VmmError::Kvm(format!("{call}: {e}"))
+        } else {
+            VmmError::KvmCall { call, source: e }
+        }
+    }
+}
+
+fn host_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Host { what, source }
+}
+
+/// Ends the event loop when the VM must stop or the VMM got SIGTERM/SIGINT.
+struct StopWatcher {
+    stop: EventFd,
+    term: EventFd,
+    done: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for StopWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.stop.read();
+        let _ = self.term.read();
+        self.done.store(true, Ordering::Release);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [&self.stop, &self.term] {
+            if let Err(e) = ops.add(Events::new(fd, event_manager::EventSet::IN)) {
+                tracing::error!("cannot watch the stop eventfd: {e:?}");
+            }
+        }
+    }
+}
+
+/// Builds and runs the VM in `spec`, writing the timeline where the spec says.
+pub fn run_spec(spec: &VmSpec, timeline: Timeline) -> Result<VmExit> {
+    let exit = Vm::build(spec, timeline.clone())?.run()?;
+    if let Some(path) = &spec.timeline {
+        if let Err(e) = std::fs::write(path, timeline.to_json(exit.name())) {
+            tracing::error!("cannot write the timeline to '{}': {e}", path.display());
+        }
+    }
+    tracing::info!(exit = exit.name(), timeline = %timeline.summary(), "VM stopped");
+    Ok(exit)
+}
