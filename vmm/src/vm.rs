@@ -129,11 +129,17 @@ pub struct Vm {
 }
 
 fn open_kvm() -> Result<Kvm> {
-    Kvm::new().map_err(|e| {
+    let kvm = Kvm::new().map_err(|e| {
         VmmError::Kvm(format!(
             "cannot open /dev/kvm: {e} (is the kvm module loaded, and may this user open it?)"
         ))
-    })
+    })?;
+    match kvm.get_api_version() {
+        12 => Ok(kvm),
+        v => Err(VmmError::Kvm(format!(
+            "/dev/kvm does not answer as KVM (KVM_GET_API_VERSION gave {v}, expected 12)"
+        ))),
+    }
 }
 
 impl Vm {

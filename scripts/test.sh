@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every test of cvmm: formatting and lints, unit and integration tests (tier A, and tier B
+# on the host /dev/kvm), then tier C in the nested rig (stock Linux under cvmm inside an L1
+# guest that has its own KVM). Installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh --test
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+mkdir -p build
+cargo test --workspace
+
+if [[ -x tests/rig/run-tier-c.sh ]]; then
+  echo "== tier C: nested rig"
+  tests/rig/run-tier-c.sh
+fi
