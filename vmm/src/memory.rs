@@ -55,6 +55,48 @@ pub fn e820_map(mib: u64) -> Vec<(u64, u64, u32)> {
     m
 }
 
+/// Resident memory, from /proc/self: (peak RSS of the process, RSS of the guest RAM mappings),
+/// in KiB. The difference is what the VMM itself costs.
+pub fn resident_kib(mem: &GuestMem) -> Option<(u64, u64)> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    let ranges: Vec<(u64, u64)> = mem
+        .iter()
+        .filter_map(|r| {
+            let a = r.get_host_address(MemoryRegionAddress(0)).ok()? as u64;
+            Some((a, a + r.len()))
+        })
+        .collect();
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut guest = 0u64;
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((s, e)) = range.split_once('-') {
+                if let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) {
+                    inside = ranges.iter().any(|&(a, b)| s >= a && e <= b);
+                    continue;
+                }
+            }
+        }
+        if inside {
+            if let Some(v) = line.strip_prefix("Rss:") {
+                guest += v
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Some((hwm, guest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +124,22 @@ mod tests {
             .map(|e| e.1)
             .sum();
         assert_eq!(total, (4096 << 20) - (HIMEM_START - EBDA_START));
+    }
+
+    #[test]
+    fn guest_pages_touched_show_up_as_guest_rss() {
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = create(64).unwrap();
+        let (_, before) = resident_kib(&mem).unwrap();
+        for i in 0..256u64 {
+            mem.write_obj(1u8, GuestAddress(i * 4096)).unwrap();
+        }
+        let (hwm, after) = resident_kib(&mem).unwrap();
+        assert!(
+            after >= before + 1024,
+            "touched 1 MiB: {before} -> {after} KiB"
+        );
+        assert!(hwm >= after);
     }
 
     #[test]

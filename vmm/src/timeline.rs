@@ -32,6 +32,7 @@ pub struct TimelineEvent {
 pub struct Timeline {
     start: Instant,
     events: Arc<Mutex<Vec<TimelineEvent>>>,
+    metrics: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
 }
 
 impl Default for Timeline {
@@ -51,7 +52,22 @@ impl Timeline {
                 code: None,
                 vcpu: None,
             }])),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Records a named number (memory use, counts) reported beside the events.
+    pub fn set_metric(&self, name: &str, value: u64) {
+        let mut m = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(name.to_string(), value);
+    }
+
+    /// The metrics recorded so far.
+    pub fn metrics(&self) -> std::collections::BTreeMap<String, u64> {
+        self.metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn push(&self, phase: &str, at: Instant, code: Option<u8>, vcpu: Option<u32>) {
@@ -96,11 +112,13 @@ impl Timeline {
             clock: &'static str,
             exit: &'a str,
             events: Vec<TimelineEvent>,
+            metrics: std::collections::BTreeMap<String, u64>,
         }
         serde_json::to_string_pretty(&Doc {
             clock: "monotonic microseconds since process start",
             exit,
             events: self.events(),
+            metrics: self.metrics(),
         })
         .unwrap_or_default()
     }
@@ -136,5 +154,8 @@ mod tests {
         assert_eq!(json["events"][2]["code"], 0x40);
         assert_eq!(json["events"][3]["vcpu"], 1);
         assert!(t.summary().contains("port80:0x40="));
+        t.set_metric("vmm_hwm_kib", 2048);
+        let json: serde_json::Value = serde_json::from_str(&t.to_json("x")).unwrap();
+        assert_eq!(json["metrics"]["vmm_hwm_kib"], 2048);
     }
 }

@@ -355,6 +355,12 @@ impl Vm {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        if let Some((hwm, guest)) = memory::resident_kib(&self._mem) {
+            self.timeline.set_metric("vmm_hwm_kib", hwm);
+            self.timeline.set_metric("guest_rss_kib", guest);
+            self.timeline
+                .set_metric("vmm_overhead_kib", hwm.saturating_sub(guest));
+        }
         let exit = match (self.shared.stop.reason(), fault) {
             (Some(GuestStop::PowerOff), _) => VmExit::PowerOff,
             (Some(GuestStop::Reset), _) => VmExit::Reset,
