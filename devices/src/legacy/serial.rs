@@ -105,8 +105,8 @@ mod tests {
         let sink = Sink::default();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut s = SerialPort::new(irq, Box::new(sink.clone()));
-        s.write(0, &[b'a', b'b']);
-        s.write(9, &[b'c']);
+        s.write(0, b"ab");
+        s.write(9, b"c");
         let mut two = [0u8; 2];
         s.read(0, &mut two);
         assert_eq!(two, [0xff, 0xff]);
