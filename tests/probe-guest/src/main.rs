@@ -1,0 +1,70 @@
+//! cvmm probe guest: a tiny x86-64 kernel that boots through PVH or the Linux boot protocol,
+//! reports what the VMM gave it on COM1 (`cvmm-probe: ...` lines) and port 0x80 (progress
+//! codes), then exits the way `probe.exit=` asks. Built without SSE (see build.sh) so that it
+//! runs on PVM hosts. The contract is in README.md.
+
+#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(test), no_main)]
+#![cfg_attr(test, allow(dead_code))]
+
+mod acpi;
+mod bootinfo;
+#[cfg(not(test))]
+mod entry;
+mod exit;
+mod phys;
+#[cfg(not(test))]
+mod rt;
+mod serial;
+
+/// Progress code: an entry point was reached (written by the entry assembly).
+pub const POST_ENTRY: u8 = 0x40;
+/// Progress code: boot information and CPUs collected.
+pub const POST_PROBED: u8 = 0x41;
+/// Progress code: ready (the probe is about to exit).
+pub const POST_READY: u8 = 0x60;
+
+/// Rust entry, called by `entry.rs` on the probe stack with paging on.
+#[cfg(not(test))]
+#[no_mangle]
+extern "C" fn rust_main(proto: u32, info: u64) -> ! {
+    use exit::ExitKind;
+    use serial::{post, put_dec, puts};
+
+    serial::init();
+    let bi = bootinfo::read(proto, info);
+    line(&[b"start proto=", bi.proto]);
+    line(&[b"cmdline=", bi.cmdline]);
+
+    puts(b"cvmm-probe: mem_mib=");
+    put_dec(bi.ram_bytes >> 20);
+    puts(b"\n");
+
+    let fw = acpi::locate(bi.rsdp);
+    let (cpus, source) = acpi::count_cpus(&fw);
+    puts(b"cvmm-probe: cpus=");
+    put_dec(u64::from(cpus));
+    puts(b" source=");
+    puts(source.name());
+    puts(b"\n");
+    post(POST_PROBED);
+
+    post(POST_READY);
+    line(&[b"ready"]);
+
+    let kind = bootinfo::option(bi.cmdline, b"probe.exit")
+        .and_then(ExitKind::parse)
+        .unwrap_or(ExitKind::Poweroff);
+    line(&[b"exit=", kind.name()]);
+    exit::exit(kind, fw.rsdp)
+}
+
+/// Prints one marker line: `cvmm-probe: ` + parts + newline.
+#[cfg(not(test))]
+fn line(parts: &[&[u8]]) {
+    serial::puts(b"cvmm-probe: ");
+    for p in parts {
+        serial::puts(p);
+    }
+    serial::puts(b"\n");
+}
