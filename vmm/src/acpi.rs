@@ -73,7 +73,54 @@ fn dsdt() -> Sdt {
     let pvp_name_crs = aml::Name::new("_CRS".into(), &pvp_crs);
     let pvpanic = aml::Device::new("PEVT".into(), vec![&pvp_name_hid, &pvp_name_crs]);
 
-    aml::Scope::new("\\_SB_".into(), vec![&com1, &pvpanic]).to_aml_bytes(&mut body);
+    let pci_hid = aml::EISAName::new("PNP0A08");
+    let pci_cid = aml::EISAName::new("PNP0A03");
+    let pci_bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
+    let pci_cfg_io = aml::IO::new(PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT, 1, 8);
+    let pci_io_lo = aml::AddressSpace::new_io(0u16, PCI_CONFIG_IO_PORT - 1, None);
+    let pci_io_hi = aml::AddressSpace::new_io(0xd00u16, 0xffffu16, None);
+    let pci_mem = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO_START as u32,
+        (PCI_MMIO_START + PCI_MMIO_SIZE - 1) as u32,
+        None,
+    );
+    let pci_crs = aml::ResourceTemplate::new(vec![
+        &pci_bus,
+        &pci_cfg_io,
+        &pci_io_lo,
+        &pci_io_hi,
+        &pci_mem,
+    ]);
+    let pci_names = [
+        aml::Name::new("_HID".into(), &pci_hid),
+        aml::Name::new("_CID".into(), &pci_cid),
+        aml::Name::new("_ADR".into(), &aml::ZERO),
+        aml::Name::new("_SEG".into(), &aml::ZERO),
+        aml::Name::new("_UID".into(), &aml::ZERO),
+        aml::Name::new("_BBN".into(), &aml::ZERO),
+        aml::Name::new("_CRS".into(), &pci_crs),
+    ];
+    let pci0 = aml::Device::new(
+        "PCI0".into(),
+        pci_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+    // The ECAM window, reserved as a motherboard resource so Linux trusts the MCFG.
+    let mb_hid = aml::EISAName::new("PNP0C02");
+    let mb_mem = aml::Memory32Fixed::new(false, PCI_ECAM_BASE as u32, PCI_ECAM_SIZE as u32);
+    let mb_crs = aml::ResourceTemplate::new(vec![&mb_mem]);
+    let mb_names = [
+        aml::Name::new("_HID".into(), &mb_hid),
+        aml::Name::new("_UID".into(), &aml::ONE),
+        aml::Name::new("_CRS".into(), &mb_crs),
+    ];
+    let mbrd = aml::Device::new(
+        "MBRD".into(),
+        mb_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+
+    aml::Scope::new("\\_SB_".into(), vec![&com1, &pvpanic, &pci0, &mbrd]).to_aml_bytes(&mut body);
 
     let mut t = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE, 1);
     t.append_slice(&body);
@@ -115,6 +162,16 @@ fn madt(vcpus: u32) -> Sdt {
     t
 }
 
+fn mcfg() -> Sdt {
+    let mut t = Sdt::new(*b"MCFG", 44, 1, OEM_ID, OEM_TABLE, 1);
+    let mut e = [0u8; 16];
+    e[0..8].copy_from_slice(&PCI_ECAM_BASE.to_le_bytes());
+    // segment 0, buses 0..=0
+    t.append_slice(&e);
+    t.update_checksum();
+    t
+}
+
 /// Builds the tables for `vcpus` vCPUs, writes them at [`ACPI_START`] and returns the RSDP
 /// address.
 pub fn write_tables(mem: &GuestMem, vcpus: u32) -> Result<u64> {
@@ -131,8 +188,10 @@ pub fn write_tables(mem: &GuestMem, vcpus: u32) -> Result<u64> {
     let fadt_addr = place(fadt.len());
     let madt = madt(vcpus);
     let madt_addr = place(madt.len());
+    let mcfg = mcfg();
+    let mcfg_addr = place(mcfg.len());
     let mut xsdt = Sdt::new(*b"XSDT", 36, 1, OEM_ID, OEM_TABLE, 1);
-    for a in [fadt_addr, madt_addr] {
+    for a in [fadt_addr, madt_addr, mcfg_addr] {
         xsdt.append(a);
     }
     xsdt.update_checksum();
@@ -154,6 +213,7 @@ pub fn write_tables(mem: &GuestMem, vcpus: u32) -> Result<u64> {
     w(dsdt_addr, dsdt.as_slice())?;
     w(fadt_addr, fadt.as_slice())?;
     w(madt_addr, madt.as_slice())?;
+    w(mcfg_addr, mcfg.as_slice())?;
     w(xsdt_addr, xsdt.as_slice())?;
     Ok(rsdp_addr)
 }
@@ -190,7 +250,14 @@ mod tests {
             .chunks(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.len(), 3);
+        let mcfg = table_at(&mem, entries[2]);
+        assert_eq!(&mcfg[..4], b"MCFG");
+        assert_eq!(sum(&mcfg), 0);
+        assert_eq!(
+            u64::from_le_bytes(mcfg[44..52].try_into().unwrap()),
+            PCI_ECAM_BASE
+        );
         let fadt = table_at(&mem, entries[0]);
         assert_eq!(&fadt[..4], b"FACP");
         assert_eq!(sum(&fadt), 0);
@@ -209,6 +276,7 @@ mod tests {
         let s5 = dsdt.windows(4).position(|w| w == b"_S5_").unwrap();
         assert_eq!(dsdt[s5 + 4], 0x12, "_S5_ is a package");
         assert!(dsdt.windows(8).any(|w| w == b"QEMU0001"));
+        assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
         let madt = table_at(&mem, entries[1]);
         assert_eq!(&madt[..4], b"APIC");
         assert_eq!(sum(&madt), 0);

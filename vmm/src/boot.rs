@@ -393,7 +393,7 @@ mod tests {
         assert_eq!({ bp.hdr.cmd_line_ptr }, CMDLINE as u32);
         assert_eq!({ bp.hdr.ramdisk_size }, 5000);
         assert_eq!({ bp.acpi_rsdp_addr }, ACPI_START);
-        assert_eq!(bp.e820_entries, 3);
+        assert_eq!(bp.e820_entries, 4);
         let start = u64::from(bp.hdr.ramdisk_image);
         assert_eq!(start % 4096, 0);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(start + 4999)).unwrap(), 7);

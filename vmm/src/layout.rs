@@ -44,3 +44,13 @@ pub const PVPANIC_PORT: u16 = 0x505;
 pub const COM1_PORT: u16 = 0x3f8;
 /// COM1's IRQ line.
 pub const COM1_IRQ: u32 = 4;
+/// Start of the 32-bit PCI BAR window.
+pub const PCI_MMIO_START: u64 = 0xc000_0000;
+/// Size of the 32-bit PCI BAR window.
+pub const PCI_MMIO_SIZE: u64 = 0x2000_0000;
+/// PCI Express ECAM (MMCONFIG) base, bus 0 only.
+pub const PCI_ECAM_BASE: u64 = 0xe000_0000;
+/// ECAM size for one bus.
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+/// PCI configuration mechanism #1 ports.
+pub const PCI_CONFIG_IO_PORT: u16 = 0xcf8;

@@ -7,6 +7,7 @@ pub mod boot;
 pub mod console;
 pub mod cpuid;
 pub mod error;
+pub mod irq;
 pub mod layout;
 pub mod memory;
 pub mod regs;

@@ -49,6 +49,7 @@ pub fn e820_map(mib: u64) -> Vec<(u64, u64, u32)> {
         (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED),
         (HIMEM_START, low_end - HIMEM_START, E820_RAM),
     ];
+    m.push((PCI_ECAM_BASE, PCI_ECAM_SIZE, E820_RESERVED));
     if bytes > low_end {
         m.push((HIGH_RAM_START, bytes - low_end, E820_RAM));
     }
@@ -106,10 +107,8 @@ mod tests {
         let r = ram_ranges(512).unwrap();
         assert_eq!(r, vec![(GuestAddress(0), 512 << 20)]);
         let e = e820_map(512);
-        assert_eq!(
-            e.last().unwrap(),
-            &(HIMEM_START, (512 << 20) - HIMEM_START, E820_RAM)
-        );
+        assert_eq!(e[2], (HIMEM_START, (512 << 20) - HIMEM_START, E820_RAM));
+        assert_eq!(e[3], (PCI_ECAM_BASE, PCI_ECAM_SIZE, E820_RESERVED));
     }
 
     #[test]

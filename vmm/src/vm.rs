@@ -87,6 +87,9 @@ impl VmExit {
     }
 }
 
+/// A port-I/O device shared between the bus and its owner.
+type SharedPio = Arc<Mutex<dyn PioDevice>>;
+
 static TERM_FD: AtomicI32 = AtomicI32::new(-1);
 static TERM_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
@@ -218,7 +221,7 @@ impl Vm {
         let mut pio = PioBus::default();
         let tl = timeline.clone();
         let debug = DebugPort::new(Box::new(move |code, at| tl.debug_code(code, at)));
-        let devs: Vec<(u16, u16, Arc<Mutex<dyn PioDevice>>)> = vec![
+        let devs: Vec<(u16, u16, SharedPio)> = vec![
             (COM1_PORT, 8, serial.clone()),
             (0x60, 5, Arc::new(Mutex::new(I8042::new(stop.clone())))),
             (0x70, 2, Arc::new(Mutex::new(CmosRtc::default()))),
