@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vmm::spec::{SerialSpec, VmSpec};
+use vmm::spec::{ForwardSpec, SerialSpec, ShareSpec, VmSpec};
 use vmm::timeline::Timeline;
 
 /// Exit status for bad input.
@@ -59,6 +59,19 @@ struct RunArgs {
     /// Write the boot timeline as JSON to this file.
     #[arg(long)]
     timeline: Option<PathBuf>,
+    /// Forward a host TCP port to the guest, QEMU hostfwd syntax:
+    /// tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT (repeatable).
+    #[arg(long = "forward")]
+    forwards: Vec<String>,
+    /// Forward connections accepted on an inherited listening socket: FD:GUESTPORT.
+    #[arg(long = "forward-fd")]
+    forward_fds: Vec<String>,
+    /// Share a host directory read-only over virtio-9p: TAG=DIR (repeatable).
+    #[arg(long = "share")]
+    shares: Vec<String>,
+    /// Guest network: user (virtio-net with the built-in NAT) or none.
+    #[arg(long, default_value = "user")]
+    net: String,
 }
 
 /// Parses a QEMU-style size into MiB: `512M`, `2G`, `1T`, `524288K`, `1.5G`; bare = MiB.
@@ -119,7 +132,30 @@ fn parse_smp(s: &str) -> Result<u32, String> {
 
 impl RunArgs {
     fn into_spec(self) -> Result<VmSpec, String> {
+        let mut forwards = Vec::new();
+        for f in &self.forwards {
+            forwards.push(ForwardSpec::parse_hostfwd(f)?);
+        }
+        for f in &self.forward_fds {
+            forwards.push(ForwardSpec::parse_fd(f)?);
+        }
+        let shares = self
+            .shares
+            .iter()
+            .map(|s| ShareSpec::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let net = match self.net.as_str() {
+            "user" => true,
+            "none" => false,
+            other => return Err(format!("--net '{other}': expected user or none")),
+        };
+        if !net && !forwards.is_empty() {
+            return Err("--forward needs the guest network (--net user)".into());
+        }
         Ok(VmSpec {
+            forwards,
+            shares,
+            net,
             kernel: Some(self.kernel),
             initrd: self.initrd,
             cmdline: self.append,

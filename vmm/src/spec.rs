@@ -30,6 +30,75 @@ pub struct ForwardSpec {
     pub guest_port: u16,
 }
 
+impl ForwardSpec {
+    /// Parses QEMU's hostfwd syntax: `tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT`
+    /// (`tcp::7020-:7002`, `tcp:127.0.0.1:7020-:7002`; the guest address, if given, must be
+    /// the guest's 10.0.2.15).
+    pub fn parse_hostfwd(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!("--forward '{s}': {why} (expected tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT)")
+        };
+        let rest = match s.split_once(':') {
+            Some(("tcp", r)) | Some(("", r)) => r,
+            Some((proto, _)) => {
+                return Err(bad(&format!(
+                    "protocol '{proto}' is not supported, only tcp"
+                )))
+            }
+            None => return Err(bad("missing protocol")),
+        };
+        let (host, guest) = rest.split_once('-').ok_or_else(|| bad("missing '-'"))?;
+        let (haddr, hport) = host
+            .rsplit_once(':')
+            .ok_or_else(|| bad("missing host port"))?;
+        let (gaddr, gport) = guest
+            .rsplit_once(':')
+            .ok_or_else(|| bad("missing guest port"))?;
+        let host_addr = match haddr {
+            "" => None,
+            a => Some(
+                a.parse()
+                    .map_err(|_| bad(&format!("bad host address '{a}'")))?,
+            ),
+        };
+        if !gaddr.is_empty() && gaddr != "10.0.2.15" {
+            return Err(bad(&format!(
+                "guest address '{gaddr}' is not the guest's 10.0.2.15"
+            )));
+        }
+        let port = |p: &str, what: &str, zero_ok: bool| -> Result<u16, String> {
+            match p.parse::<u16>() {
+                Ok(0) if !zero_ok => Err(bad(&format!("{what} port 0"))),
+                Ok(v) => Ok(v),
+                Err(_) => Err(bad(&format!("bad {what} port '{p}'"))),
+            }
+        };
+        Ok(Self {
+            host_addr,
+            host_port: port(hport, "host", true)?,
+            listen_fd: None,
+            guest_port: port(gport, "guest", false)?,
+        })
+    }
+
+    /// Parses `FD:GUESTPORT`: an inherited, already listening socket.
+    pub fn parse_fd(s: &str) -> Result<Self, String> {
+        let bad = || format!("--forward-fd '{s}': expected FD:GUESTPORT");
+        let (fd, gport) = s.split_once(':').ok_or_else(bad)?;
+        let fd: i32 = fd.parse().map_err(|_| bad())?;
+        let guest_port: u16 = gport.parse().map_err(|_| bad())?;
+        if fd < 3 || guest_port == 0 {
+            return Err(bad());
+        }
+        Ok(Self {
+            host_addr: None,
+            host_port: 0,
+            listen_fd: Some(fd),
+            guest_port,
+        })
+    }
+}
+
 /// What a 9p share serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -47,6 +116,25 @@ pub struct ShareSpec {
     pub tag: String,
     /// What is served.
     pub source: ShareSource,
+}
+
+impl ShareSpec {
+    /// Parses `TAG=DIR`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (tag, dir) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--share '{s}': expected TAG=DIR"))?;
+        if tag.is_empty() || tag.len() > 255 || tag.contains(['\0', '/']) {
+            return Err(format!("--share '{s}': bad mount tag '{tag}'"));
+        }
+        if dir.is_empty() {
+            return Err(format!("--share '{s}': empty directory"));
+        }
+        Ok(Self {
+            tag: tag.to_string(),
+            source: ShareSource::Directory(dir.into()),
+        })
+    }
 }
 
 /// Which launch path a VM takes.
@@ -106,6 +194,13 @@ pub struct VmSpec {
     /// Launch path.
     #[serde(default)]
     pub tee: TeeMode,
+    /// Whether the VM gets its virtio-net NIC with the user-mode network.
+    #[serde(default = "default_true")]
+    pub net: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_cpu() -> String {
@@ -129,6 +224,7 @@ impl Default for VmSpec {
             firmware: None,
             igvm: None,
             tee: TeeMode::None,
+            net: true,
         }
     }
 }
@@ -158,6 +254,42 @@ mod tests {
         };
         let text = serde_json::to_string(&spec).unwrap();
         assert_eq!(serde_json::from_str::<VmSpec>(&text).unwrap(), spec);
+    }
+
+    #[test]
+    fn hostfwd_syntax() {
+        let f = ForwardSpec::parse_hostfwd("tcp::7020-:7002").unwrap();
+        assert_eq!((f.host_addr, f.host_port, f.guest_port), (None, 7020, 7002));
+        let f = ForwardSpec::parse_hostfwd("tcp:127.0.0.1:0-10.0.2.15:22").unwrap();
+        assert_eq!(f.host_addr, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!((f.host_port, f.guest_port), (0, 22));
+        for bad in [
+            "udp::1-:2",
+            "tcp:1-:2",
+            "tcp::1:2",
+            "tcp::70000-:2",
+            "tcp::1-:0",
+            "tcp:nohost:1-:2",
+            "tcp::1-10.0.2.99:2",
+            "",
+        ] {
+            let e = ForwardSpec::parse_hostfwd(bad).unwrap_err();
+            assert!(e.contains(&format!("'{bad}'")), "{e}");
+        }
+        assert_eq!(ForwardSpec::parse_fd("5:7002").unwrap().listen_fd, Some(5));
+        assert!(ForwardSpec::parse_fd("1:7002").is_err());
+        assert!(ForwardSpec::parse_fd("x").is_err());
+    }
+
+    #[test]
+    fn share_syntax() {
+        let s = ShareSpec::parse("env_share=/tmp/x").unwrap();
+        assert_eq!(s.tag, "env_share");
+        assert_eq!(s.source, ShareSource::Directory("/tmp/x".into()));
+        assert!(ShareSpec::parse("noequals").is_err());
+        assert!(ShareSpec::parse("=/tmp").is_err());
+        assert!(ShareSpec::parse("a/b=/tmp").is_err());
+        assert!(ShareSpec::parse("tag=").is_err());
     }
 
     #[test]
