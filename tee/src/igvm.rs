@@ -1,0 +1,414 @@
+//! IGVM file → SEV-SNP launch plan (spec §7). Directives are applied in file order for the SNP
+//! platform's compatibility mask; the `--check-kvm` rules of §7.2 are enforced on the input; the
+//! VMSA (`SNP_VP_CONTEXT`) becomes vCPU 0's register state, because KVM builds and measures the
+//! VMSA itself at `LAUNCH_FINISH`. The digest of the plan equals `igvmmeasure measure` (and the
+//! `igvm` crate's `generate_snp_measurement`) for files that pass the rules, except for parameter
+//! areas larger than 4 KiB, where cvmm measures the whole area as its launch issues it (§12.12).
+
+use std::collections::HashMap;
+
+use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader};
+use igvm_defs::{IgvmPageDataType, IgvmPlatformType};
+use zerocopy::IntoBytes;
+
+use crate::measure::{MeasureInputs, PageType, VMSA_GPA};
+use crate::plan::{IdBlock, LaunchPlan, PageBuf, PlanRange, VcpuPlan, SEV_FEATURE_SNP_ACTIVE};
+use crate::vmsa::regs_from_vmsa;
+use crate::TeeError;
+
+const PAGE_4K: u64 = 4096;
+const PAGE_2M: u64 = 2 << 20;
+
+/// Builds the SNP launch plan from IGVM bytes. `inputs.guest_features` is the set of
+/// `sev_features` cvmm can pass through INIT2; the file's VMSA may use only those.
+pub fn plan_from_igvm(
+    name: &str,
+    data: &[u8],
+    inputs: &MeasureInputs,
+) -> Result<LaunchPlan, TeeError> {
+    let err = |reason: String| TeeError::igvm(name, reason);
+    let file = IgvmFile::new_from_binary(data, Some(igvm::IsolationType::Snp))
+        .map_err(|e| err(format!("cannot parse ({} bytes): {e}", data.len())))?;
+    let mask =
+        snp_compatibility_mask(&file).ok_or_else(|| err("no SEV-SNP platform header".into()))?;
+    let policy = file
+        .initializations()
+        .iter()
+        .find_map(|h| match h {
+            IgvmInitializationHeader::GuestPolicy {
+                policy,
+                compatibility_mask,
+            } if compatibility_mask & mask != 0 => Some(*policy),
+            _ => None,
+        })
+        .ok_or_else(|| err("no GUEST_POLICY initialization header for SEV-SNP".into()))?;
+
+    let mut b = Builder {
+        name,
+        inputs,
+        ranges: Vec::new(),
+        areas: HashMap::new(),
+        plan_vcpu: None,
+        private_ranges: Vec::new(),
+        id_block: None,
+        id_block_ld: None,
+    };
+    for (index, d) in file.directives().iter().enumerate() {
+        let applies = d.compatibility_mask().is_none_or(|m| m & mask != 0);
+        if applies {
+            b.directive(index, d)?;
+        }
+    }
+    let Builder {
+        ranges,
+        plan_vcpu,
+        private_ranges,
+        mut id_block,
+        id_block_ld,
+        ..
+    } = b;
+    if let Some(ib) = id_block.as_mut() {
+        set_id_block_policy(&mut ib.block, policy);
+    }
+    let (vcpu, sev_features) =
+        plan_vcpu.ok_or_else(|| err("no SNP_VP_CONTEXT (VMSA) for vp 0".into()))?;
+    let plan = LaunchPlan {
+        ranges,
+        private_ranges,
+        vcpus: vec![vcpu],
+        policy,
+        sev_features,
+        id_block,
+        host_data: [0; 32],
+        firmware_ranges: 0,
+    };
+    if let Some(ld) = id_block_ld {
+        if ld != plan.digest() {
+            tracing::warn!(
+                file = name,
+                id_block_ld = %crate::measure::hex(&ld),
+                computed = %crate::measure::hex(&plan.digest()),
+                "IGVM SNP_ID_BLOCK launch digest differs from the computed digest"
+            );
+        }
+    }
+    Ok(plan)
+}
+
+fn snp_compatibility_mask(file: &IgvmFile) -> Option<u32> {
+    file.platforms().iter().find_map(|p| match p {
+        IgvmPlatformHeader::SupportedPlatform(sp)
+            if sp.platform_type == IgvmPlatformType::SEV_SNP =>
+        {
+            Some(sp.compatibility_mask)
+        }
+        _ => None,
+    })
+}
+
+struct Builder<'a> {
+    name: &'a str,
+    inputs: &'a MeasureInputs,
+    ranges: Vec<PlanRange>,
+    /// Parameter areas by index: contents (size = area size).
+    areas: HashMap<u32, Vec<u8>>,
+    plan_vcpu: Option<(VcpuPlan, u64)>,
+    private_ranges: Vec<(u64, u64)>,
+    id_block: Option<IdBlock>,
+    id_block_ld: Option<[u8; 48]>,
+}
+
+impl Builder<'_> {
+    fn err(&self, index: usize, what: &str, reason: String) -> TeeError {
+        TeeError::igvm(self.name, format!("directive {index} ({what}): {reason}"))
+    }
+
+    /// Appends a range, merging it into the previous one when contiguous and of the same type.
+    fn push(&mut self, gpa: u64, len: u64, page_type: PageType, data: PageBuf) {
+        if let Some(last) = self.ranges.last_mut() {
+            let both_zero = page_type == PageType::Zero && last.data.is_empty();
+            let both_data = !data.is_empty() && last.data.len() as u64 == last.len;
+            if last.page_type == page_type && last.gpa + last.len == gpa && (both_zero || both_data)
+            {
+                let mut merged = last.data.as_bytes().to_vec();
+                merged.extend_from_slice(data.as_bytes());
+                last.data = PageBuf::from_bytes(&merged);
+                last.len += len;
+                return;
+            }
+        }
+        self.ranges.push(PlanRange {
+            gpa,
+            len,
+            page_type,
+            data,
+        });
+    }
+
+    fn check_before_vmsa(&self, index: usize, what: &str) -> Result<(), TeeError> {
+        if self.plan_vcpu.is_some() {
+            return Err(self.err(
+                index,
+                what,
+                "comes after the VMSA; rule: the VMSA must be the last page directive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn directive(&mut self, index: usize, d: &IgvmDirectiveHeader) -> Result<(), TeeError> {
+        match d {
+            IgvmDirectiveHeader::PageData {
+                gpa,
+                flags,
+                data_type,
+                data,
+                ..
+            } => {
+                self.check_before_vmsa(index, "PAGE_DATA")?;
+                let page_len = if flags.is_2mb_page() {
+                    PAGE_2M
+                } else {
+                    PAGE_4K
+                };
+                if gpa % page_len != 0 || data.len() as u64 > page_len {
+                    return Err(self.err(
+                        index,
+                        "PAGE_DATA",
+                        format!(
+                            "gpa {gpa:#x} with {} data bytes does not fit a {page_len:#x}-byte page",
+                            data.len()
+                        ),
+                    ));
+                }
+                if flags.shared() {
+                    return Ok(());
+                }
+                let page_type = match *data_type {
+                    IgvmPageDataType::SECRETS => PageType::Secrets,
+                    IgvmPageDataType::CPUID_DATA | IgvmPageDataType::CPUID_XF => PageType::Cpuid,
+                    _ if flags.unmeasured() => PageType::Unmeasured,
+                    _ => PageType::Normal,
+                };
+                let mut buf = PageBuf::zeroed((page_len / PAGE_4K) as usize);
+                if page_type != PageType::Secrets {
+                    buf.as_mut_bytes()[..data.len()].copy_from_slice(data);
+                }
+                self.push(*gpa, page_len, page_type, buf);
+            }
+            IgvmDirectiveHeader::ParameterArea {
+                number_of_bytes,
+                parameter_area_index,
+                initial_data,
+            } => {
+                if *number_of_bytes == 0
+                    || number_of_bytes % PAGE_4K != 0
+                    || *number_of_bytes > 1 << 30
+                    || initial_data.len() as u64 > *number_of_bytes
+                {
+                    return Err(self.err(
+                        index,
+                        "PARAMETER_AREA",
+                        format!(
+                            "area {parameter_area_index} has size {number_of_bytes:#x} and {} bytes \
+                             of initial data",
+                            initial_data.len()
+                        ),
+                    ));
+                }
+                let mut area = vec![0u8; *number_of_bytes as usize];
+                area[..initial_data.len()].copy_from_slice(initial_data);
+                self.areas.insert(*parameter_area_index, area);
+            }
+            IgvmDirectiveHeader::VpCount(p) => {
+                let count = self.inputs.vcpus.to_le_bytes();
+                self.write_param(
+                    index,
+                    "VP_COUNT",
+                    p.parameter_area_index,
+                    p.byte_offset,
+                    &count,
+                )?;
+            }
+            IgvmDirectiveHeader::ParameterInsert(ins) => {
+                self.check_before_vmsa(index, "PARAMETER_INSERT")?;
+                let area = self
+                    .areas
+                    .remove(&ins.parameter_area_index)
+                    .ok_or_else(|| {
+                        self.err(
+                            index,
+                            "PARAMETER_INSERT",
+                            format!("unknown parameter area {}", ins.parameter_area_index),
+                        )
+                    })?;
+                if ins.gpa % PAGE_4K != 0 {
+                    return Err(self.err(
+                        index,
+                        "PARAMETER_INSERT",
+                        format!("gpa {:#x} is not 4 KiB-aligned", ins.gpa),
+                    ));
+                }
+                let len = area.len() as u64;
+                self.push(
+                    ins.gpa,
+                    len,
+                    PageType::Unmeasured,
+                    PageBuf::from_bytes(&area),
+                );
+            }
+            IgvmDirectiveHeader::RequiredMemory {
+                gpa,
+                number_of_bytes,
+                ..
+            } => self.private_ranges.push((*gpa, *number_of_bytes as u64)),
+            IgvmDirectiveHeader::SnpVpContext {
+                gpa,
+                vp_index,
+                vmsa,
+                ..
+            } => self.vp_context(index, *gpa, *vp_index, vmsa.as_bytes())?,
+            IgvmDirectiveHeader::SnpIdBlock { .. } => self.id_block(d),
+            // Other parameter usages (memory map, command line, MADT, ...) are filled by the VMM
+            // in the area's buffer; their contents are not measured.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn write_param(
+        &mut self,
+        index: usize,
+        what: &str,
+        area: u32,
+        offset: u32,
+        bytes: &[u8],
+    ) -> Result<(), TeeError> {
+        let name = self.name;
+        let buf = self.areas.get_mut(&area).ok_or_else(|| {
+            TeeError::igvm(
+                name,
+                format!("directive {index} ({what}): unknown parameter area {area}"),
+            )
+        })?;
+        let end = offset as usize + bytes.len();
+        let slot = buf.get_mut(offset as usize..end).ok_or_else(|| {
+            TeeError::igvm(
+                name,
+                format!("directive {index} ({what}): offset {offset:#x} is outside area {area}"),
+            )
+        })?;
+        slot.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Applies the §7.2 rules and turns the VMSA into vCPU 0's register state.
+    fn vp_context(&mut self, index: usize, gpa: u64, vp: u16, vmsa: &[u8]) -> Result<(), TeeError> {
+        let what = "SNP_VP_CONTEXT";
+        if self.plan_vcpu.is_some() {
+            return Err(self.err(index, what, "rule: only one VMSA (vp 0) is allowed".into()));
+        }
+        if vp != 0 {
+            return Err(self.err(
+                index,
+                what,
+                format!("rule: VMSA must be for vp 0, not vp {vp}"),
+            ));
+        }
+        if gpa != VMSA_GPA {
+            return Err(self.err(
+                index,
+                what,
+                format!("rule: VMSA gpa must be {VMSA_GPA:#x}, not {gpa:#x}"),
+            ));
+        }
+        let (regs, sev_features) = regs_from_vmsa(vmsa)?;
+        if regs.cr0 != 0x30 && regs.cr0 != 0x31 {
+            return Err(self.err(
+                index,
+                what,
+                format!(
+                    "rule: CR0 must be 0x30 or 0x31 (KVM overrides it), not {:#x}",
+                    regs.cr0
+                ),
+            ));
+        }
+        let allowed = self.inputs.guest_features | SEV_FEATURE_SNP_ACTIVE;
+        if sev_features & SEV_FEATURE_SNP_ACTIVE == 0 || sev_features & !allowed != 0 {
+            return Err(self.err(
+                index,
+                what,
+                format!(
+                    "rule: sev_features {sev_features:#x} must be SNP_ACTIVE plus a subset of the \
+                     INIT2 vmsa_features {allowed:#x}"
+                ),
+            ));
+        }
+        let mut page = Box::new([0u8; 4096]);
+        page[..vmsa.len().min(4096)].copy_from_slice(&vmsa[..vmsa.len().min(4096)]);
+        self.plan_vcpu = Some((VcpuPlan { regs, vmsa: page }, sev_features));
+        Ok(())
+    }
+
+    fn id_block(&mut self, d: &IgvmDirectiveHeader) {
+        let IgvmDirectiveHeader::SnpIdBlock {
+            author_key_enabled,
+            ld,
+            family_id,
+            image_id,
+            version,
+            guest_svn,
+            id_key_algorithm,
+            author_key_algorithm,
+            id_key_signature,
+            id_public_key,
+            author_key_signature,
+            author_public_key,
+            ..
+        } = d
+        else {
+            return;
+        };
+        let _ = version; // The firmware ABI fixes the ID block version at 1.
+        let mut block = [0u8; 96];
+        block[..48].copy_from_slice(ld);
+        block[48..64].copy_from_slice(family_id);
+        block[64..80].copy_from_slice(image_id);
+        block[80..84].copy_from_slice(&1u32.to_le_bytes());
+        block[84..88].copy_from_slice(&guest_svn.to_le_bytes());
+        // The policy (bytes 88..96) is set by `plan_from_igvm` from GUEST_POLICY.
+        let mut auth = Box::new([0u8; 4096]);
+        auth[0..4].copy_from_slice(&id_key_algorithm.to_le_bytes());
+        auth[4..8].copy_from_slice(&author_key_algorithm.to_le_bytes());
+        let sig = |auth: &mut [u8], at: usize, s: &igvm_defs::IGVM_VHS_SNP_ID_BLOCK_SIGNATURE| {
+            auth[at..at + 72].copy_from_slice(&s.r_comp);
+            auth[at + 72..at + 144].copy_from_slice(&s.s_comp);
+        };
+        let key = |auth: &mut [u8], at: usize, k: &igvm_defs::IGVM_VHS_SNP_ID_BLOCK_PUBLIC_KEY| {
+            auth[at..at + 4].copy_from_slice(&k.curve.to_le_bytes());
+            auth[at + 4..at + 76].copy_from_slice(&k.qx);
+            auth[at + 76..at + 148].copy_from_slice(&k.qy);
+        };
+        sig(&mut auth[..], 0x40, id_key_signature);
+        key(&mut auth[..], 0x240, id_public_key);
+        if *author_key_enabled != 0 {
+            sig(&mut auth[..], 0x680, author_key_signature);
+            key(&mut auth[..], 0x880, author_public_key);
+        }
+        self.id_block_ld = Some(*ld);
+        self.id_block = Some(IdBlock {
+            block,
+            auth,
+            author_key_enabled: *author_key_enabled != 0,
+        });
+    }
+}
+
+/// Writes the guest policy into an ID block (bytes 88..96).
+pub fn set_id_block_policy(block: &mut [u8; 96], policy: u64) {
+    block[88..96].copy_from_slice(&policy.to_le_bytes());
+}
+
+#[cfg(test)]
+#[path = "igvm_tests.rs"]
+mod tests;

@@ -1,0 +1,392 @@
+//! Tests of the IGVM loader (oracle O4): generated IGVM files measured by cvmm and by the `igvm`
+//! crate's `generate_snp_measurement`, the §7.2 rules, and malformed files.
+
+use igvm::snp_defs::SevVmsa;
+use igvm::{IgvmDirectiveHeader as D, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader};
+use igvm_defs::{
+    IgvmPageDataFlags, IgvmPageDataType, IgvmPlatformType, IGVM_VHS_PARAMETER,
+    IGVM_VHS_PARAMETER_INSERT, IGVM_VHS_SUPPORTED_PLATFORM,
+};
+use zerocopy::FromBytes;
+
+use super::*;
+use crate::measure::{hex, Firmware, MeasureInputs};
+use crate::vmsa::{predict_vmsa, VcpuRegs};
+
+const MASK: u32 = 1;
+
+fn page(gpa: u64, data: Vec<u8>) -> D {
+    page_with(
+        gpa,
+        IgvmPageDataFlags::new(),
+        IgvmPageDataType::NORMAL,
+        data,
+    )
+}
+
+fn page_with(gpa: u64, flags: IgvmPageDataFlags, data_type: IgvmPageDataType, data: Vec<u8>) -> D {
+    D::PageData {
+        gpa,
+        compatibility_mask: MASK,
+        flags,
+        data_type,
+        data,
+    }
+}
+
+fn vmsa_with(cr0: u64, sev_features: u64) -> Box<SevVmsa> {
+    let mut regs = VcpuRegs::reset(0xffff_fff0, 0xa00f11);
+    regs.cr0 = cr0;
+    Box::new(SevVmsa::read_from_bytes(&predict_vmsa(&regs, sev_features)[..]).unwrap())
+}
+
+fn vp(gpa: u64, vp_index: u16, vmsa: Box<SevVmsa>) -> D {
+    D::SnpVpContext {
+        gpa,
+        compatibility_mask: MASK,
+        vp_index,
+        vmsa,
+    }
+}
+
+fn vmsa_last() -> D {
+    vp(VMSA_GPA, 0, vmsa_with(0x31, 1))
+}
+
+fn file(directives: Vec<D>) -> Vec<u8> {
+    let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
+        compatibility_mask: MASK,
+        highest_vtl: 0,
+        platform_type: IgvmPlatformType::SEV_SNP,
+        platform_version: 1,
+        shared_gpa_boundary: 0,
+    });
+    let policy = IgvmInitializationHeader::GuestPolicy {
+        policy: 0x30000,
+        compatibility_mask: MASK,
+    };
+    let f = IgvmFile::new(
+        igvm::IgvmRevision::V1,
+        vec![platform],
+        vec![policy],
+        directives,
+    )
+    .expect("valid test IGVM");
+    let mut out = Vec::new();
+    f.serialize(&mut out).unwrap();
+    out
+}
+
+fn inputs(data: Vec<u8>, guest_features: u64) -> MeasureInputs {
+    MeasureInputs {
+        firmware: Firmware::Igvm {
+            name: "test.igvm".into(),
+            data,
+        },
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        vcpus: 1,
+        vcpu_signature: 0xa00f11,
+        guest_features,
+        ovmf_hash: None,
+    }
+}
+
+fn ours(bytes: &[u8]) -> String {
+    hex(&crate::snp_digest(&inputs(bytes.to_vec(), 1)).unwrap())
+}
+
+fn oracle(bytes: &[u8]) -> String {
+    let f = IgvmFile::new_from_binary(bytes, Some(igvm::IsolationType::Snp)).unwrap();
+    hex(
+        &igvm::measurement::generate_snp_measurement(f.initializations(), f.directives(), MASK)
+            .unwrap(),
+    )
+}
+
+fn full_page(seed: u8) -> Vec<u8> {
+    (0..4096u32).map(|i| (i as u8).wrapping_mul(seed)).collect()
+}
+
+fn param_area(size: u64, gpa: u64) -> Vec<D> {
+    vec![
+        D::ParameterArea {
+            number_of_bytes: size,
+            parameter_area_index: 0,
+            initial_data: vec![],
+        },
+        D::VpCount(IGVM_VHS_PARAMETER {
+            parameter_area_index: 0,
+            byte_offset: 0,
+        }),
+        D::ParameterInsert(IGVM_VHS_PARAMETER_INSERT {
+            gpa,
+            compatibility_mask: MASK,
+            parameter_area_index: 0,
+        }),
+    ]
+}
+
+/// Every page kind of §7.1 in one file, VMSA last.
+fn mixed_file(area_size: u64) -> Vec<u8> {
+    let mut d = vec![
+        page(0x10000, full_page(3)),
+        page(0x11000, full_page(5)),
+        page(0x12000, vec![0xab; 100]),
+        page(0x13000, vec![]),
+        page_with(
+            0x14000,
+            IgvmPageDataFlags::new().with_unmeasured(true),
+            IgvmPageDataType::NORMAL,
+            full_page(7),
+        ),
+        page_with(
+            0x15000,
+            IgvmPageDataFlags::new().with_shared(true),
+            IgvmPageDataType::NORMAL,
+            full_page(9),
+        ),
+        page_with(
+            0x16000,
+            IgvmPageDataFlags::new(),
+            IgvmPageDataType::SECRETS,
+            vec![],
+        ),
+        page_with(
+            0x17000,
+            IgvmPageDataFlags::new(),
+            IgvmPageDataType::CPUID_DATA,
+            vec![1; 64],
+        ),
+    ];
+    d.extend(param_area(area_size, 0x20000));
+    d.push(vmsa_last());
+    file(d)
+}
+
+#[test]
+fn o4_mixed_pages_match_igvm_crate() {
+    let f = mixed_file(0x1000);
+    assert_eq!(ours(&f), oracle(&f));
+    let plan = crate::plan::LaunchPlan::from_inputs(&inputs(f, 1)).unwrap();
+    // Contiguous NORMAL pages merge into one range; shared pages are not launched.
+    assert_eq!(
+        plan.update_list(),
+        [
+            (0x10000, 0x4000, PageType::Normal),
+            (0x14000, 0x1000, PageType::Unmeasured),
+            (0x16000, 0x1000, PageType::Secrets),
+            (0x17000, 0x1000, PageType::Cpuid),
+            (0x20000, 0x1000, PageType::Unmeasured),
+        ]
+    );
+    assert_eq!(plan.policy, 0x30000);
+    assert_eq!(plan.vcpus.len(), 1);
+    assert_eq!(plan.vcpus[0].regs.gprs[crate::vmsa::RDX], 0xa00f11);
+    // VP_COUNT was written into the parameter area that is inserted.
+    assert_eq!(&plan.ranges[4].data.as_bytes()[..4], &1u32.to_le_bytes());
+}
+
+/// A parameter area larger than 4 KiB: cvmm measures (and launches) the whole area, as the
+/// `igvm` crate and QEMU do. `igvmmeasure` would measure only its first page.
+#[test]
+fn o4_large_parameter_area_is_measured_whole() {
+    let f = mixed_file(0x3000);
+    assert_eq!(ours(&f), oracle(&f));
+    assert_ne!(ours(&f), ours(&mixed_file(0x1000)));
+}
+
+/// A 2 MiB page is 512 4-KiB pages (the `igvm` crate allows at most 4 KiB of data; the rest is
+/// zeros): same digest as the file that spells the pages out.
+#[test]
+fn o4_2mb_page_equals_512_small_pages() {
+    let flags = IgvmPageDataFlags::new().with_is_2mb_page(true);
+    let big = file(vec![
+        page_with(0x20_0000, flags, IgvmPageDataType::NORMAL, full_page(11)),
+        vmsa_last(),
+    ]);
+    let mut small: Vec<D> = (0..512u64)
+        .map(|i| {
+            page(
+                0x20_0000 + i * 4096,
+                if i == 0 { full_page(11) } else { vec![] },
+            )
+        })
+        .collect();
+    small.push(vmsa_last());
+    let small = file(small);
+    assert_eq!(ours(&big), oracle(&small));
+    let plan = crate::plan::LaunchPlan::from_inputs(&inputs(big, 1)).unwrap();
+    assert_eq!(plan.update_list(), [(0x20_0000, 2 << 20, PageType::Normal)]);
+}
+
+#[test]
+fn vmsa_becomes_registers_and_is_measured_once() {
+    let f = file(vec![page(0x1000, full_page(1)), vmsa_last()]);
+    let plan = crate::plan::LaunchPlan::from_inputs(&inputs(f.clone(), 1)).unwrap();
+    assert_eq!(plan.sev_features, 1);
+    assert_eq!(plan.vcpus[0].regs.cs.base, 0xffff_0000);
+    assert_eq!(plan.vcpus[0].regs.rip, 0xfff0);
+    assert_eq!(ours(&f), oracle(&f));
+}
+
+fn rule_error(directives: Vec<D>, guest_features: u64) -> String {
+    crate::snp_digest(&inputs(file(directives), guest_features))
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn kvm_rules_are_enforced() {
+    let e = rule_error(vec![vp(0x5000, 0, vmsa_with(0x31, 1))], 1);
+    assert!(
+        e.contains("test.igvm") && e.contains("VMSA gpa must be"),
+        "{e}"
+    );
+
+    let e = rule_error(vec![vmsa_last(), page(0x1000, vec![])], 1);
+    assert!(
+        e.contains("directive 1 (PAGE_DATA)") && e.contains("last page directive"),
+        "{e}"
+    );
+
+    let mut after = vec![vmsa_last()];
+    after.extend(param_area(0x1000, 0x2000));
+    let e = rule_error(after, 1);
+    assert!(
+        e.contains("PARAMETER_INSERT") && e.contains("last page directive"),
+        "{e}"
+    );
+
+    let e = rule_error(vec![vp(VMSA_GPA, 1, vmsa_with(0x31, 1))], 1);
+    assert!(e.contains("vp 0, not vp 1"), "{e}");
+
+    let e = rule_error(vec![vp(VMSA_GPA, 0, vmsa_with(0x11, 1))], 1);
+    assert!(
+        e.contains("CR0 must be 0x30 or 0x31") && e.contains("0x11"),
+        "{e}"
+    );
+
+    // DEBUG_SWAP (bit 5) only if cvmm passes it through INIT2.
+    let debug_swap = vec![vp(VMSA_GPA, 0, vmsa_with(0x30, 0x21))];
+    let e = rule_error(debug_swap, 1);
+    assert!(e.contains("sev_features 0x21"), "{e}");
+    let ok = file(vec![vp(VMSA_GPA, 0, vmsa_with(0x30, 0x21))]);
+    let plan = crate::plan::LaunchPlan::from_inputs(&inputs(ok, 0x21)).unwrap();
+    assert_eq!(plan.sev_features, 0x21);
+
+    let e = rule_error(vec![vp(VMSA_GPA, 0, vmsa_with(0x31, 0))], 1);
+    assert!(e.contains("sev_features 0x0"), "{e}");
+}
+
+#[test]
+fn missing_vmsa_is_an_error() {
+    let e = rule_error(vec![page(0x1000, vec![1])], 1);
+    assert!(e.contains("no SNP_VP_CONTEXT"), "{e}");
+}
+
+#[test]
+fn malformed_files_name_the_input() {
+    let good = mixed_file(0x1000);
+    for bad in [
+        &good[..good.len() / 2],
+        &good[..10],
+        &b"not an igvm file at all"[..],
+        &[][..],
+    ] {
+        let e = crate::snp_digest(&inputs(bad.to_vec(), 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.igvm") && e.contains("cannot parse"), "{e}");
+    }
+    let mut corrupt = good.clone();
+    let mid = corrupt.len() / 3;
+    corrupt[mid..mid + 64].fill(0xff);
+    // Either rejected with the file name, or (if the bytes were page contents) still measured.
+    if let Err(e) = crate::snp_digest(&inputs(corrupt, 1)) {
+        assert!(e.to_string().contains("test.igvm"), "{e}");
+    }
+}
+
+#[test]
+fn native_only_file_has_no_snp_platform() {
+    let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
+        compatibility_mask: MASK,
+        highest_vtl: 0,
+        platform_type: IgvmPlatformType::NATIVE,
+        platform_version: 1,
+        shared_gpa_boundary: 0,
+    });
+    let f = IgvmFile::new(
+        igvm::IgvmRevision::V1,
+        vec![platform],
+        vec![],
+        vec![page(0x1000, vec![1])],
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    f.serialize(&mut out).unwrap();
+    let e = crate::snp_digest(&inputs(out, 1)).unwrap_err().to_string();
+    assert!(e.contains("test.igvm"), "{e}");
+}
+
+#[test]
+fn kernel_inputs_do_not_apply_to_igvm() {
+    let mut i = inputs(mixed_file(0x1000), 1);
+    i.kernel = Some(vec![1]);
+    let e = crate::snp_digest(&i).unwrap_err().to_string();
+    assert!(e.contains("test.igvm"), "{e}");
+}
+
+#[test]
+fn id_block_is_built_for_launch_finish() {
+    use igvm_defs::{
+        IGVM_VHS_SNP_ID_BLOCK_PUBLIC_KEY as Key, IGVM_VHS_SNP_ID_BLOCK_SIGNATURE as Sig,
+    };
+    let sig = Sig {
+        r_comp: [0x11; 72],
+        s_comp: [0x22; 72],
+    };
+    let key = Key {
+        curve: 2,
+        reserved: 0,
+        qx: [0x33; 72],
+        qy: [0x44; 72],
+    };
+    let id = D::SnpIdBlock {
+        compatibility_mask: MASK,
+        author_key_enabled: 0,
+        reserved: [0; 3],
+        ld: [0x55; 48],
+        family_id: [0x66; 16],
+        image_id: [0x77; 16],
+        version: 1,
+        guest_svn: 9,
+        id_key_algorithm: 1,
+        author_key_algorithm: 0,
+        id_key_signature: Box::new(sig),
+        id_public_key: Box::new(key),
+        author_key_signature: Box::new(sig),
+        author_public_key: Box::new(key),
+    };
+    let f = file(vec![page(0x1000, vec![1]), id, vmsa_last()]);
+    let plan = crate::plan::LaunchPlan::from_inputs(&inputs(f, 1)).unwrap();
+    let ib = plan.id_block.expect("ID block");
+    assert_eq!(&ib.block[..48], &[0x55; 48]);
+    assert_eq!(&ib.block[48..64], &[0x66; 16]);
+    assert_eq!(&ib.block[64..80], &[0x77; 16]);
+    assert_eq!(&ib.block[80..88], &[1, 0, 0, 0, 9, 0, 0, 0]);
+    assert_eq!(&ib.block[88..96], &0x30000u64.to_le_bytes());
+    assert_eq!(&ib.auth[0..4], &1u32.to_le_bytes());
+    assert_eq!(&ib.auth[0x40..0x40 + 72], &[0x11; 72]);
+    assert_eq!(&ib.auth[0x88..0x88 + 72], &[0x22; 72]);
+    assert_eq!(&ib.auth[0x240..0x244], &2u32.to_le_bytes());
+    assert_eq!(&ib.auth[0x244..0x244 + 72], &[0x33; 72]);
+    assert_eq!(&ib.auth[0x28c..0x28c + 72], &[0x44; 72]);
+    assert!(
+        ib.auth[0x680..].iter().all(|b| *b == 0),
+        "author key disabled"
+    );
+    assert!(!ib.author_key_enabled);
+}
