@@ -22,6 +22,11 @@ if ((${#need_pkgs[@]})); then
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 
+if [[ "${1:-}" == "--test" ]] && ! command -v sev-snp-measure >/dev/null; then
+  # Independent oracle for SNP launch digests.
+  python3 -m pip install --quiet sev-snp-measure==0.0.13 || pip3 install --quiet --break-system-packages sev-snp-measure==0.0.13
+fi
+
 if ! command -v cargo >/dev/null; then
   echo "install-deps: cargo not found: install Rust >= 1.85 (rustup) first" >&2
   exit 1

@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Boot one VM in the foreground.
     Run(RunArgs),
+    /// Print the expected launch measurement (SNP launch digest) offline, as one hex line.
+    Measure(MeasureArgs),
     /// (internal) Run one VM described by a JSON VmSpec; used by `cvmm manager`.
     Vm {
         /// Path of the VmSpec JSON file.
@@ -72,6 +74,101 @@ struct RunArgs {
     /// Guest network: user (virtio-net with the built-in NAT) or none.
     #[arg(long, default_value = "user")]
     net: String,
+}
+
+#[derive(Args)]
+struct MeasureArgs {
+    /// Platform: snp.
+    #[arg(long, default_value = "snp")]
+    mode: String,
+    /// Unified OVMF image.
+    #[arg(long, conflicts_with = "igvm")]
+    ovmf: Option<PathBuf>,
+    /// IGVM file (e.g. COCONUT-SVSM + OVMF).
+    #[arg(long)]
+    igvm: Option<PathBuf>,
+    /// Kernel measured through the SEV hashes table (OVMF built with them).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initrd measured with the kernel.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Command line measured with the kernel.
+    #[arg(long)]
+    append: Option<String>,
+    /// Number of vCPUs at launch.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// vCPU model whose CPUID signature goes into the VMSA (EPYC, EPYC-v4, EPYC-Milan, ...).
+    #[arg(long = "vcpu-type", default_value = "EPYC-v4")]
+    vcpu_type: String,
+    /// VMSA SEV features (hex or decimal).
+    #[arg(long = "guest-features", default_value = "0x1")]
+    guest_features: String,
+    /// Precomputed OVMF hash (96 hex digits) to start from.
+    #[arg(long = "snp-ovmf-hash")]
+    ovmf_hash: Option<String>,
+}
+
+fn read_input(what: &str, p: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("cannot read {what} '{}'", p.display()))
+}
+
+fn parse_u64(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+fn measure(a: MeasureArgs) -> anyhow::Result<String> {
+    if a.mode != "snp" {
+        anyhow::bail!("--mode '{}': supported: snp", a.mode);
+    }
+    let firmware = match (&a.ovmf, &a.igvm) {
+        (Some(p), None) => tee::Firmware::Ovmf {
+            name: p.display().to_string(),
+            data: read_input("OVMF image", p)?,
+        },
+        (None, Some(p)) => tee::Firmware::Igvm {
+            name: p.display().to_string(),
+            data: read_input("IGVM file", p)?,
+        },
+        _ => anyhow::bail!("give one of --ovmf PATH or --igvm PATH"),
+    };
+    let ovmf_hash = match &a.ovmf_hash {
+        None => None,
+        Some(h) => {
+            let bytes: Option<Vec<u8>> = (0..h.len())
+                .step_by(2)
+                .map(|i| h.get(i..i + 2).and_then(|x| u8::from_str_radix(x, 16).ok()))
+                .collect();
+            match bytes.and_then(|b| <[u8; 48]>::try_from(b).ok()) {
+                Some(b) => Some(b),
+                None => anyhow::bail!("--snp-ovmf-hash '{h}': expected 96 hex digits"),
+            }
+        }
+    };
+    let inputs = tee::MeasureInputs {
+        firmware,
+        kernel: a
+            .kernel
+            .as_deref()
+            .map(|p| read_input("kernel", p))
+            .transpose()?,
+        initrd: a
+            .initrd
+            .as_deref()
+            .map(|p| read_input("initrd", p))
+            .transpose()?,
+        cmdline: a.append.clone(),
+        vcpus: a.vcpus,
+        vcpu_signature: tee::measure::vcpu_signature(&a.vcpu_type)?,
+        guest_features: parse_u64(&a.guest_features)
+            .with_context(|| format!("--guest-features '{}': not a number", a.guest_features))?,
+        ovmf_hash,
+    };
+    Ok(tee::measure::hex(&tee::snp_digest(&inputs)?))
 }
 
 /// Parses a QEMU-style size into MiB: `512M`, `2G`, `1T`, `524288K`, `1.5G`; bare = MiB.
@@ -221,6 +318,16 @@ pub fn main() -> ExitCode {
             }
             Err(msg) => {
                 eprintln!("cvmm: error: {msg}");
+                ExitCode::from(EXIT_INPUT)
+            }
+        },
+        Command::Measure(args) => match measure(args) {
+            Ok(hex) => {
+                println!("{hex}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cvmm: error: {e:#}");
                 ExitCode::from(EXIT_INPUT)
             }
         },

@@ -1,0 +1,62 @@
+//! `cvmm measure` against an independent tool: `sev-snp-measure` (PyPI) on Debian's OVMF.
+//! With CVMM_REQUIRE_ORACLES=1 (CI) a missing tool or image is a failure, not a skip.
+
+mod common;
+
+use std::process::Command;
+
+fn require() -> bool {
+    std::env::var("CVMM_REQUIRE_ORACLES").is_ok_and(|v| v == "1")
+}
+
+fn skip(why: &str) {
+    assert!(!require(), "oracle required but unavailable: {why}");
+    println!("SKIPPED: measure oracle: {why}");
+}
+
+#[test]
+fn snp_digest_matches_sev_snp_measure_for_ovmf() {
+    let ovmf = "/usr/share/ovmf/OVMF.fd";
+    if !std::path::Path::new(ovmf).exists() {
+        return skip("no /usr/share/ovmf/OVMF.fd (apt-get install ovmf)");
+    }
+    for (vcpus, ty) in [("1", "EPYC-v4"), ("4", "EPYC-v4"), ("2", "EPYC-Milan")] {
+        let ours = Command::new(common::cvmm())
+            .args(["measure", "--mode", "snp", "--ovmf", ovmf, "--vcpus", vcpus])
+            .args(["--vcpu-type", ty])
+            .output()
+            .unwrap();
+        assert!(ours.status.success(), "{}", String::from_utf8_lossy(&ours.stderr));
+        let ours = String::from_utf8(ours.stdout).unwrap().trim().to_string();
+        assert_eq!(ours.len(), 96, "{ours}");
+        let theirs = match Command::new("sev-snp-measure")
+            .args(["--mode", "snp", "--ovmf", ovmf, "--vcpus", vcpus, "--vcpu-type", ty])
+            .output()
+        {
+            Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap(),
+            _ => return skip("sev-snp-measure not installed (pip install sev-snp-measure)"),
+        };
+        assert_eq!(ours, theirs.trim().to_lowercase(), "{vcpus} x {ty}");
+    }
+}
+
+#[test]
+fn bad_measure_inputs_are_named() {
+    let out = Command::new(common::cvmm())
+        .args(["measure", "--ovmf", "/nonexistent/OVMF.fd"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/OVMF.fd"));
+    let out = Command::new(common::cvmm())
+        .args(["measure", "--ovmf", "/etc/hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/etc/hostname"));
+    let out = Command::new(common::cvmm())
+        .args(["measure", "--igvm", "/etc/hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
