@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Boot one VM in the foreground.
     Run(RunArgs),
+    /// Serve the Cocos manager gRPC API (configured by MANAGER_* variables) and run its VMs.
+    Manager,
     /// Print the expected launch measurement (SNP launch digest) offline, as one hex line.
     Measure(MeasureArgs),
     /// (internal) Run one VM described by a JSON VmSpec; used by `cvmm manager`.
@@ -267,7 +269,9 @@ impl RunArgs {
 }
 
 fn init_logging() {
+    let default = std::env::var("MANAGER_LOG_LEVEL").unwrap_or_else(|_| "info".into());
     let filter = tracing_subscriber::EnvFilter::try_from_env("CVMM_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -288,6 +292,49 @@ fn run_vm(spec: VmSpec, timeline: Timeline) -> ExitCode {
         }
         Err(e) => {
             eprintln!("cvmm: VMM failure: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn manager() -> ExitCode {
+    let config = match api::ManagerConfig::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cvmm: error: {e}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cvmm: VMM failure: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = rt.block_on(async {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending::<()>().await,
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("manager shutting down; VMs keep running");
+        };
+        api::serve(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cvmm: manager failed: {e}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
@@ -321,6 +368,7 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EXIT_INPUT)
             }
         },
+        Command::Manager => manager(),
         Command::Measure(args) => match measure(args) {
             Ok(hex) => {
                 println!("{hex}");

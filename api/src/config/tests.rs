@@ -1,0 +1,195 @@
+//! Tests of `ManagerConfig::from_vars`: defaults, kept values, and start-up errors.
+
+use super::*;
+
+fn cfg(vars: &[(&str, &str)]) -> Result<ManagerConfig, ConfigError> {
+    ManagerConfig::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+}
+
+#[test]
+fn defaults_match_the_go_manager() {
+    let c = cfg(&[]).unwrap();
+    assert_eq!((c.grpc_host.as_str(), c.grpc_port), ("0.0.0.0", 7001));
+    assert_eq!(c.http_port, 7003);
+    assert_eq!(c.max_vms, 10);
+    assert_eq!(c.vm.cpu, "EPYC");
+    assert_eq!(c.vm.smp_count, 4);
+    assert_eq!(c.vm.memory_mib, 2048);
+    assert_eq!(c.vm.host_fwd_range, (6100, 6200));
+    assert_eq!(c.vm.guest_fwd_port, 7002);
+    assert_eq!(c.vm.kernel_cmdline, "quiet console=null");
+    assert_eq!(c.vm.sev_snp_cbit_pos, 51);
+    assert_eq!(c.grpc_tls, None);
+    assert_eq!(c.tee, TeeChoice::Auto);
+    assert_eq!(c.stop_timeout, Duration::from_secs(30));
+    assert!(c.ignored_vars.is_empty());
+}
+
+#[test]
+fn kept_variables_are_read() {
+    let c = cfg(&[
+        ("MANAGER_GRPC_HOST", "127.0.0.1"),
+        ("MANAGER_GRPC_PORT", "6101"),
+        ("MANAGER_HTTP_PORT", "6102"),
+        ("MANAGER_MAX_VMS", "0"),
+        ("MANAGER_QEMU_MEMORY_SIZE", "25G"),
+        ("MANAGER_QEMU_SMP_COUNT", "2"),
+        ("MANAGER_QEMU_CPU", "EPYC-v4"),
+        ("MANAGER_QEMU_OVMF_VERSION", "edk2-stable202408"),
+        ("MANAGER_QEMU_HOST_FWD_RANGE", "7000-7010"),
+        ("MANAGER_QEMU_SEV_SNP_CBITPOS", "47"),
+        ("MANAGER_EOS_VERSION", "v1"),
+        ("MANAGER_VMM_TEE", "none"),
+        ("MANAGER_VMM_STOP_TIMEOUT", "2s"),
+        ("MANAGER_STATE_DIR", "/tmp/x"),
+    ])
+    .unwrap();
+    assert_eq!(
+        (c.grpc_host.as_str(), c.grpc_port, c.http_port),
+        ("127.0.0.1", 6101, 6102)
+    );
+    assert_eq!(c.max_vms, 0);
+    assert_eq!(c.vm.memory_mib, 25 * 1024);
+    assert_eq!(c.vm.smp_count, 2);
+    assert_eq!(c.vm.cpu, "EPYC-v4");
+    assert_eq!(c.vm.ovmf_version, "edk2-stable202408");
+    assert_eq!(c.vm.host_fwd_range, (7000, 7010));
+    assert_eq!(
+        c.vm.sev_snp_cbit_pos, 47,
+        "the documented CBITPOS spelling is accepted"
+    );
+    assert_eq!(c.eos_version, "v1");
+    assert_eq!(c.tee, TeeChoice::None);
+    assert_eq!(c.stop_timeout, Duration::from_secs(2));
+    assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+}
+
+#[test]
+fn negative_max_vms_means_unlimited() {
+    assert_eq!(cfg(&[("MANAGER_MAX_VMS", "-1")]).unwrap().max_vms, 0);
+}
+
+#[test]
+fn only_prefixed_qemu_names_count() {
+    let c = cfg(&[("MEMORY_SIZE", "8G"), ("SMP_COUNT", "9")]).unwrap();
+    assert_eq!((c.vm.memory_mib, c.vm.smp_count), (2048, 4));
+}
+
+#[test]
+fn bad_values_name_the_variable() {
+    for (var, value) in [
+        ("MANAGER_QEMU_HOST_FWD_RANGE", "7000-6000"),
+        ("MANAGER_QEMU_HOST_FWD_RANGE", "7000"),
+        ("MANAGER_QEMU_HOST_FWD_RANGE", "0-10"),
+        ("MANAGER_QEMU_MEMORY_SIZE", "lots"),
+        ("MANAGER_QEMU_MEMORY_SIZE", "100K"),
+        ("MANAGER_QEMU_SMP_COUNT", "0"),
+        ("MANAGER_QEMU_SMP_COUNT", "four"),
+        ("MANAGER_GRPC_PORT", "70000"),
+        ("MANAGER_HTTP_PORT", "http"),
+        ("MANAGER_MAX_VMS", "ten"),
+        ("MANAGER_VMM_TEE", "sev"),
+        ("MANAGER_VMM_STOP_TIMEOUT", "30"),
+        ("MANAGER_QEMU_ENABLE_HOST_DATA", "yes"),
+        ("MANAGER_VMM_HOST_FWD_ADDR", "localhost:1"),
+        ("COCOS_JAEGER_TRACE_RATIO", "2"),
+    ] {
+        let err = cfg(&[(var, value)]).expect_err(value);
+        let msg = err.to_string();
+        assert_eq!(err.var, var, "{msg}");
+        assert!(msg.contains(var), "{msg}");
+    }
+}
+
+#[test]
+fn range_errors_say_which_kind() {
+    let e = cfg(&[("MANAGER_QEMU_HOST_FWD_RANGE", "7000-6000")]).unwrap_err();
+    assert!(e.reason.contains("invalid range"), "{e}");
+    let e = cfg(&[("MANAGER_QEMU_HOST_FWD_RANGE", "abc")]).unwrap_err();
+    assert!(e.reason.contains("invalid input format"), "{e}");
+}
+
+#[test]
+fn memory_sizes_follow_qemu_syntax() {
+    assert_eq!(parse_memory_mib("2048M"), Some(2048));
+    assert_eq!(parse_memory_mib("2048"), Some(2048));
+    assert_eq!(parse_memory_mib("1.5G"), Some(1536));
+    assert_eq!(parse_memory_mib("1T"), Some(1 << 20));
+    assert_eq!(parse_memory_mib("2048k"), Some(2));
+    assert_eq!(parse_memory_mib("0"), None);
+    assert_eq!(parse_memory_mib("M"), None);
+    assert_eq!(parse_memory_mib("-1G"), None);
+    assert_eq!(parse_memory_mib("99999999999T"), None);
+}
+
+#[test]
+fn tls_needs_cert_and_key_together() {
+    let c = cfg(&[
+        ("MANAGER_GRPC_SERVER_CERT", "/c"),
+        ("MANAGER_GRPC_SERVER_KEY", "/k"),
+    ])
+    .unwrap();
+    assert_eq!(c.grpc_tls.unwrap().client_ca, Vec::<PathBuf>::new());
+    let c = cfg(&[
+        ("MANAGER_GRPC_SERVER_CERT", "/c"),
+        ("MANAGER_GRPC_SERVER_KEY", "/k"),
+        ("MANAGER_GRPC_CLIENT_CA_CERTS", "/ca"),
+    ])
+    .unwrap();
+    assert_eq!(c.grpc_tls.unwrap().client_ca, vec![PathBuf::from("/ca")]);
+    assert_eq!(
+        cfg(&[("MANAGER_GRPC_SERVER_CERT", "/c")]).unwrap_err().var,
+        "MANAGER_GRPC_SERVER_KEY"
+    );
+    assert_eq!(
+        cfg(&[("MANAGER_GRPC_SERVER_KEY", "/k")]).unwrap_err().var,
+        "MANAGER_GRPC_SERVER_CERT"
+    );
+    assert!(cfg(&[("MANAGER_GRPC_CLIENT_CA_CERTS", "/ca")]).is_err());
+}
+
+#[test]
+fn qemu_only_variables_are_reported_as_ignored() {
+    let c = cfg(&[
+        ("MANAGER_QEMU_BIN_PATH", "qemu-system-x86_64"),
+        ("MANAGER_QEMU_SMP_MAXCPUS", "64"),
+        ("MANAGER_QEMU_USE_SUDO", ""),
+        ("MANAGER_GRPC_TIMEOUT", "60s"),
+        ("MANAGER_QEMU_CPU", "EPYC"),
+        ("MANAGER_QEMU_SMP_CUONT", "8"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.ignored_vars,
+        [
+            "MANAGER_GRPC_TIMEOUT",
+            "MANAGER_QEMU_BIN_PATH",
+            "MANAGER_QEMU_SMP_CUONT",
+            "MANAGER_QEMU_SMP_MAXCPUS"
+        ]
+    );
+}
+
+#[test]
+fn unsupported_features_stop_start_up() {
+    assert_eq!(
+        cfg(&[("MANAGER_QEMU_ENABLE_DISK", "true")])
+            .unwrap_err()
+            .var,
+        "MANAGER_QEMU_ENABLE_DISK"
+    );
+    assert!(cfg(&[("MANAGER_QEMU_ENABLE_DISK", "false")]).is_ok());
+    assert_eq!(
+        cfg(&[("MANAGER_QEMU_GPU_BDF", "0000:01:00.0")])
+            .unwrap_err()
+            .var,
+        "MANAGER_QEMU_GPU_BDF"
+    );
+}
+
+#[test]
+fn overlapping_ports_are_found() {
+    let c = cfg(&[("MANAGER_GRPC_PORT", "6101"), ("MANAGER_HTTP_PORT", "6102")]).unwrap();
+    assert_eq!(c.range_overlaps(), [6101, 6102]);
+    assert!(cfg(&[]).unwrap().range_overlaps().is_empty());
+}

@@ -1,0 +1,450 @@
+//! The VM registry and lifecycle: CreateVm (validate, cap, reserve a port by holding its
+//! listening socket, write the spec, spawn the VM process), exit detection through a pidfd,
+//! RemoveVm (SIGTERM, SIGKILL after a bound, reap), TTLs, and re-adoption of the VMs recorded
+//! in the state directory by an earlier manager.
+
+use crate::config::ManagerConfig;
+use crate::metrics::Metrics;
+use crate::pb::CreateReq;
+use crate::process::{pidfd_open, pidfd_signal, spawn_vm, start_time, LISTEN_FD};
+use crate::request::{validate, RequestError, VmRequest};
+use crate::state::{self, VmDir, VmRecord};
+use std::collections::HashMap;
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use vmm::spec::{ForwardSpec, SerialSpec, ShareSource, ShareSpec, TeeMode, VmSpec};
+
+/// How long to wait for a VM to exit after SIGKILL before giving up.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a VM operation failed; the texts are the Go manager's where it had one.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A request field is unusable.
+    #[error(transparent)]
+    Invalid(#[from] RequestError),
+    /// `MANAGER_MAX_VMS` VMs are running.
+    #[error("maximum number of VMs exceeded")]
+    MaxVms,
+    /// Every port of the range is taken.
+    #[error("failed to allocate free port on host : failed to find free port in range {0}-{1}")]
+    NoPort(u16, u16),
+    /// Unknown cvm_id in RemoveVm.
+    #[error("entity not found")]
+    NotFound,
+    /// Unknown id in AttestationPolicy.
+    #[error("computationId {0} not found")]
+    PolicyNotFound(String),
+    /// The VM's files could not be written.
+    #[error("failed to write VM files in {path}: {source}")]
+    Files {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The VM program could not be started.
+    #[error("failed to start VM program {exe}: {source}")]
+    Spawn {
+        /// The program.
+        exe: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// SIGTERM could not be sent.
+    #[error("failed to send SIGTERM: {0}")]
+    Signal(io::Error),
+    /// The process outlived SIGKILL.
+    #[error("failed to kill process: VM {0} did not exit after SIGKILL")]
+    Kill(String),
+}
+
+struct Entry {
+    port: u16,
+    running: bool,
+    pidfd: Option<Arc<OwnedFd>>,
+    exited: watch::Receiver<bool>,
+    ttl: Option<AbortHandle>,
+    monitor: Option<AbortHandle>,
+    dir: VmDir,
+}
+
+/// The VMs this manager supervises.
+pub struct Manager {
+    cfg: ManagerConfig,
+    tee: TeeMode,
+    vms: Mutex<HashMap<String, Entry>>,
+    create_lock: tokio::sync::Mutex<()>,
+    /// Counters served on `/metrics`.
+    pub metrics: Metrics,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Manager {
+    /// A manager with no VMs; `tee` is the resolved launch mode.
+    pub fn new(cfg: ManagerConfig, tee: TeeMode) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            tee,
+            vms: Mutex::default(),
+            create_lock: tokio::sync::Mutex::const_new(()),
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.cfg
+    }
+
+    fn vms(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.vms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Number of running VMs.
+    pub fn running(&self) -> usize {
+        self.vms().values().filter(|e| e.running).count()
+    }
+
+    /// Whether `id` is a running VM.
+    pub fn is_running(&self, id: &str) -> bool {
+        self.vms().get(id).is_some_and(|e| e.running)
+    }
+
+    /// CreateVm: returns `(port, cvm_id)`.
+    pub async fn create(self: &Arc<Self>, req: &CreateReq) -> Result<(u16, String), VmError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let vm_req = validate(req, &id, &self.cfg.vm.kernel_cmdline)?;
+        let _serial = self.create_lock.lock().await;
+        if self.cfg.max_vms > 0 && self.running() >= self.cfg.max_vms {
+            return Err(VmError::MaxVms);
+        }
+        let listener = self.reserve_port()?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| self.files_err(&id, e))?
+            .port();
+        let dir =
+            state::create_vm_dir(&self.cfg.state_dir, &id).map_err(|e| self.files_err(&id, e))?;
+        let (child, pidfd) = match self.launch(&id, &dir, &vm_req, port, &listener) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = state::remove_vm_dir(&dir);
+                return Err(e);
+            }
+        };
+        // The VM process now holds the port; the manager's copy of the socket is not needed.
+        drop(listener);
+        let pid = child.id() as i32;
+        let record = VmRecord {
+            id: id.clone(),
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+            port,
+            ttl_deadline_ms: vm_req
+                .ttl
+                .map(|t| now_ms().saturating_add(t.as_millis() as u64)),
+        };
+        if let Err(e) = serde_json::to_vec(&record)
+            .map_err(io::Error::other)
+            .and_then(|b| state::write_private(&dir.record(), &b))
+        {
+            tracing::warn!(cvm_id = %id, error = %e, "could not persist the VM record; it will not be re-adopted");
+        }
+        self.track(&id, port, dir, pidfd, Some(child), vm_req.ttl);
+        tracing::info!(cvm_id = %id, pid, port, "VM started");
+        Ok((port, id))
+    }
+
+    fn files_err(&self, id: &str, source: io::Error) -> VmError {
+        VmError::Files {
+            path: self.cfg.state_dir.join(id),
+            source,
+        }
+    }
+
+    /// Binds the first free port of the range that no running VM owns, and keeps it bound.
+    fn reserve_port(&self) -> Result<TcpListener, VmError> {
+        let (lo, hi) = self.cfg.vm.host_fwd_range;
+        let used: Vec<u16> = self
+            .vms()
+            .values()
+            .filter(|e| e.running)
+            .map(|e| e.port)
+            .collect();
+        (lo..=hi)
+            .filter(|p| !used.contains(p))
+            .find_map(|p| TcpListener::bind((self.cfg.host_fwd_addr, p)).ok())
+            .ok_or(VmError::NoPort(lo, hi))
+    }
+
+    fn launch(
+        &self,
+        id: &str,
+        dir: &VmDir,
+        req: &VmRequest,
+        port: u16,
+        listener: &TcpListener,
+    ) -> Result<(Child, OwnedFd), VmError> {
+        let spec = self.vm_spec(id, dir, req, port);
+        let json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| self.files_err(id, io::Error::other(e)))?;
+        state::write_private(&dir.spec(), &json).map_err(|e| self.files_err(id, e))?;
+        let exe = &self.cfg.vmm_exe;
+        let mut child = spawn_vm(exe, &dir.spec(), &dir.console(), listener).map_err(|source| {
+            VmError::Spawn {
+                exe: exe.clone(),
+                source,
+            }
+        })?;
+        match pidfd_open(child.id() as i32) {
+            Ok(fd) => Ok((child, fd)),
+            Err(source) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(VmError::Spawn {
+                    exe: exe.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// The VmSpec of one VM: config defaults plus the request's command line and shares.
+    fn vm_spec(&self, id: &str, dir: &VmDir, req: &VmRequest, port: u16) -> VmSpec {
+        let vm = &self.cfg.vm;
+        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        VmSpec {
+            name: id.to_string(),
+            kernel: Some(abs(&vm.kernel)),
+            initrd: Some(abs(&vm.initrd)),
+            cmdline: req.cmdline.clone(),
+            vcpus: vm.smp_count,
+            memory_mib: vm.memory_mib,
+            cpu: vm.cpu.clone(),
+            serial: SerialSpec::Stdio,
+            timeline: Some(dir.timeline()),
+            forwards: vec![ForwardSpec {
+                host_addr: Some(self.cfg.host_fwd_addr),
+                host_port: port,
+                listen_fd: Some(LISTEN_FD),
+                guest_port: vm.guest_fwd_port,
+            }],
+            shares: vec![
+                ShareSpec {
+                    tag: "certs_share".into(),
+                    source: ShareSource::Memory(req.certs.clone()),
+                },
+                ShareSpec {
+                    tag: "env_share".into(),
+                    source: ShareSource::Memory(vec![(
+                        "environment".into(),
+                        req.environment.clone(),
+                    )]),
+                },
+            ],
+            firmware: (self.tee == TeeMode::Tdx).then(|| abs(&vm.ovmf_file)),
+            igvm: (self.tee == TeeMode::Snp).then(|| abs(&vm.igvm_file)),
+            tee: self.tee,
+            ..VmSpec::default()
+        }
+    }
+
+    /// Registers a live VM process and starts watching it (and its TTL).
+    fn track(
+        self: &Arc<Self>,
+        id: &str,
+        port: u16,
+        dir: VmDir,
+        pidfd: OwnedFd,
+        child: Option<Child>,
+        ttl: Option<Duration>,
+    ) {
+        let pidfd = Arc::new(pidfd);
+        let (tx, rx) = watch::channel(false);
+        let mut vms = self.vms();
+        let monitor =
+            tokio::spawn(Arc::clone(self).monitor(id.to_string(), Arc::clone(&pidfd), child, tx));
+        let ttl = ttl.map(|t| {
+            let (me, id) = (Arc::clone(self), id.to_string());
+            tokio::spawn(async move {
+                tokio::time::sleep(t).await;
+                tracing::info!(cvm_id = %id, "TTL expired, removing VM");
+                if let Err(e) = me.remove_inner(&id, true).await {
+                    tracing::warn!(cvm_id = %id, error = %e, "TTL removal failed");
+                }
+            })
+            .abort_handle()
+        });
+        let entry = Entry {
+            port,
+            running: true,
+            pidfd: Some(pidfd),
+            exited: rx,
+            ttl,
+            monitor: Some(monitor.abort_handle()),
+            dir,
+        };
+        vms.insert(id.to_string(), entry);
+    }
+
+    async fn monitor(
+        self: Arc<Self>,
+        id: String,
+        pidfd: Arc<OwnedFd>,
+        child: Option<Child>,
+        tx: watch::Sender<bool>,
+    ) {
+        // SAFETY: the AsyncFd owns a clone of the Arc, so the pidfd stays open (and is not
+        // reused for another file) for as long as it is registered.
+        let registered = unsafe { tokio::io::unix::AsyncFd::register(Arc::clone(&pidfd)) };
+        match registered {
+            Ok(afd) => {
+                let _ = afd.readable().await;
+            }
+            Err(e) => {
+                tracing::warn!(cvm_id = %id, error = %e, "cannot poll pidfd; polling /proc instead");
+                let pid = child.as_ref().map(|c| c.id() as i32);
+                while pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        let status = child.and_then(|mut c| c.wait().ok());
+        self.on_exit(&id, status);
+        let _ = tx.send(true);
+    }
+
+    /// A VM process has exited: free its port and files, keep a stopped entry for RemoveVm.
+    fn on_exit(&self, id: &str, status: Option<ExitStatus>) {
+        let dir = {
+            let mut vms = self.vms();
+            let Some(e) = vms.get_mut(id) else { return };
+            e.running = false;
+            e.pidfd = None;
+            e.monitor = None;
+            if let Some(t) = e.ttl.take() {
+                t.abort();
+            }
+            e.dir.clone()
+        };
+        if let Ok(t) = std::fs::read(dir.timeline()) {
+            self.metrics.add_timeline(&t);
+        }
+        match status {
+            Some(s) if !s.success() => {
+                let log = std::fs::read(dir.console()).unwrap_or_default();
+                let tail =
+                    String::from_utf8_lossy(&log[log.len().saturating_sub(2048)..]).into_owned();
+                tracing::warn!(cvm_id = %id, status = %s, console_tail = %tail, "VM process failed");
+            }
+            _ => tracing::info!(cvm_id = %id, status = ?status, "VM process exited"),
+        }
+        if let Err(e) = state::remove_vm_dir(&dir) {
+            tracing::warn!(cvm_id = %id, error = %e, "could not remove VM files");
+        }
+        self.metrics.vm_exit();
+    }
+
+    /// RemoveVm.
+    pub async fn remove(&self, id: &str) -> Result<(), VmError> {
+        self.remove_inner(id, false).await
+    }
+
+    async fn remove_inner(&self, id: &str, from_ttl: bool) -> Result<(), VmError> {
+        let (pidfd, mut exited) = {
+            let mut vms = self.vms();
+            let e = vms.get_mut(id).ok_or(VmError::NotFound)?;
+            if let Some(t) = e.ttl.take() {
+                if !from_ttl {
+                    t.abort();
+                }
+            }
+            match &e.pidfd {
+                Some(fd) if e.running => (Arc::clone(fd), e.exited.clone()),
+                _ => {
+                    vms.remove(id);
+                    return Ok(());
+                }
+            }
+        };
+        pidfd_signal(&pidfd, libc::SIGTERM).map_err(VmError::Signal)?;
+        let stop = self.cfg.stop_timeout;
+        if tokio::time::timeout(stop, exited.wait_for(|x| *x))
+            .await
+            .is_err()
+        {
+            tracing::warn!(cvm_id = %id, timeout = ?stop, "VM ignored SIGTERM, sending SIGKILL");
+            let _ = pidfd_signal(&pidfd, libc::SIGKILL);
+            if tokio::time::timeout(KILL_WAIT, exited.wait_for(|x| *x))
+                .await
+                .is_err()
+            {
+                return Err(VmError::Kill(id.to_string()));
+            }
+        }
+        self.vms().remove(id);
+        tracing::info!(cvm_id = %id, "VM removed");
+        Ok(())
+    }
+
+    /// AttestationPolicy's lookup: the id must be a known VM.
+    pub fn check_known(&self, id: &str) -> Result<(), VmError> {
+        self.vms()
+            .contains_key(id)
+            .then_some(())
+            .ok_or_else(|| VmError::PolicyNotFound(id.to_string()))
+    }
+
+    /// Re-adopts the live VMs recorded in the state directory; drops records of dead ones.
+    pub fn adopt(self: &Arc<Self>) -> io::Result<usize> {
+        let mut adopted = 0;
+        for found in state::scan(&self.cfg.state_dir)? {
+            let Some(rec) = found.record else {
+                tracing::warn!(dir = %found.dir.0.display(), "VM directory without a readable record, removing it");
+                let _ = state::remove_vm_dir(&found.dir);
+                continue;
+            };
+            // Open the pidfd first: once it is open, a matching start time proves it is our VM.
+            let live = pidfd_open(rec.pid)
+                .ok()
+                .filter(|_| start_time(rec.pid) == Some(rec.start_time));
+            let Some(pidfd) = live else {
+                tracing::info!(cvm_id = %rec.id, pid = rec.pid, "recorded VM is gone, removing its files");
+                let _ = state::remove_vm_dir(&found.dir);
+                continue;
+            };
+            let ttl = rec
+                .ttl_deadline_ms
+                .map(|d| Duration::from_millis(d.saturating_sub(now_ms())));
+            self.track(&rec.id, rec.port, found.dir, pidfd, None, ttl);
+            tracing::info!(cvm_id = %rec.id, pid = rec.pid, port = rec.port, "re-adopted VM");
+            adopted += 1;
+        }
+        Ok(adopted)
+    }
+
+    /// Manager shutdown: stop watching and forget every VM, leaving the processes running so a
+    /// later manager can re-adopt them (the Go manager's behaviour).
+    pub fn forget_all(&self) {
+        for (_, e) in self.vms().drain() {
+            for h in [e.ttl, e.monitor].into_iter().flatten() {
+                h.abort();
+            }
+        }
+    }
+}

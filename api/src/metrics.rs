@@ -1,0 +1,153 @@
+//! Prometheus metrics in the text exposition format, kept by hand (no metrics crate):
+//! request counts and latency summaries per API method (the Go manager's names), VMs running,
+//! VM exits, and boot-phase times read from each VM's timeline.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Default, Clone, Copy)]
+struct Sum {
+    count: u64,
+    total: f64,
+}
+
+/// The manager's counters.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<&'static str, Sum>>,
+    phases: Mutex<BTreeMap<String, Sum>>,
+    exits: Mutex<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Metrics {
+    /// Counts one API call of `method` ("Run", "Stop", ...) that took `took`.
+    pub fn request(&self, method: &'static str, took: Duration) {
+        let mut r = lock(&self.requests);
+        let s = r.entry(method).or_default();
+        s.count += 1;
+        s.total += took.as_nanos() as f64 / 1000.0;
+    }
+
+    /// Counts a VM process exit.
+    pub fn vm_exit(&self) {
+        *lock(&self.exits) += 1;
+    }
+
+    /// Adds one boot phase time (seconds since the VM process started).
+    pub fn boot_phase(&self, phase: &str, secs: f64) {
+        let mut p = lock(&self.phases);
+        let s = p.entry(phase.to_string()).or_default();
+        s.count += 1;
+        s.total += secs;
+    }
+
+    /// The exposition text; `running` is the current number of running VMs.
+    pub fn render(&self, running: usize) -> String {
+        let mut out = String::new();
+        let requests = lock(&self.requests).clone();
+        out.push_str("# HELP manager_api_request_count Number of requests received.\n");
+        out.push_str("# TYPE manager_api_request_count counter\n");
+        for (m, s) in &requests {
+            let _ = writeln!(
+                out,
+                "manager_api_request_count{{method=\"{m}\"}} {}",
+                s.count
+            );
+        }
+        out.push_str("# HELP manager_api_request_latency_microseconds Total duration of requests in microseconds.\n");
+        out.push_str("# TYPE manager_api_request_latency_microseconds summary\n");
+        for (m, s) in &requests {
+            let _ = writeln!(
+                out,
+                "manager_api_request_latency_microseconds_sum{{method=\"{m}\"}} {}",
+                s.total
+            );
+            let _ = writeln!(
+                out,
+                "manager_api_request_latency_microseconds_count{{method=\"{m}\"}} {}",
+                s.count
+            );
+        }
+        out.push_str("# HELP manager_vms_running VM processes currently running.\n");
+        out.push_str("# TYPE manager_vms_running gauge\n");
+        let _ = writeln!(out, "manager_vms_running {running}");
+        out.push_str("# HELP manager_vm_exits_total VM processes that have exited.\n");
+        out.push_str("# TYPE manager_vm_exits_total counter\n");
+        let _ = writeln!(out, "manager_vm_exits_total {}", *lock(&self.exits));
+        out.push_str(
+            "# HELP manager_vm_boot_phase_seconds Time from VM process start to each boot phase.\n",
+        );
+        out.push_str("# TYPE manager_vm_boot_phase_seconds summary\n");
+        for (p, s) in lock(&self.phases).iter() {
+            let p = p.replace(['"', '\\', '\n'], "_");
+            let _ = writeln!(
+                out,
+                "manager_vm_boot_phase_seconds_sum{{phase=\"{p}\"}} {}",
+                s.total
+            );
+            let _ = writeln!(
+                out,
+                "manager_vm_boot_phase_seconds_count{{phase=\"{p}\"}} {}",
+                s.count
+            );
+        }
+        out
+    }
+
+    /// Reads a VM timeline document (`{"events":[{"phase":..,"us":..}]}`) into the phase sums.
+    pub fn add_timeline(&self, json: &[u8]) {
+        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return;
+        };
+        let Some(events) = doc.get("events").and_then(|e| e.as_array()) else {
+            return;
+        };
+        for e in events.iter().take(256) {
+            if let (Some(phase), Some(us)) = (
+                e.get("phase").and_then(|p| p.as_str()),
+                e.get("us").and_then(|u| u.as_u64()),
+            ) {
+                if phase != "debug_port" && phase.len() <= 64 {
+                    self.boot_phase(phase, us as f64 / 1e6);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_lists_counts_latencies_and_phases() {
+        let m = Metrics::default();
+        m.request("Run", Duration::from_micros(10));
+        m.request("Run", Duration::from_micros(30));
+        m.vm_exit();
+        m.add_timeline(br#"{"events":[{"phase":"first_kvm_run","us":2500000},{"phase":"debug_port","us":1,"code":1}]}"#);
+        m.add_timeline(b"not json");
+        let text = m.render(3);
+        assert!(
+            text.contains("manager_api_request_count{method=\"Run\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("manager_api_request_latency_microseconds_sum{method=\"Run\"} 40\n"),
+            "{text}"
+        );
+        assert!(text.contains("manager_vms_running 3\n"));
+        assert!(text.contains("manager_vm_exits_total 1\n"));
+        assert!(
+            text.contains("manager_vm_boot_phase_seconds_sum{phase=\"first_kvm_run\"} 2.5\n"),
+            "{text}"
+        );
+        assert!(!text.contains("debug_port"));
+    }
+}

@@ -1,0 +1,100 @@
+//! VM processes: spawn `<exe> vm --spec FILE` with the forwarded port's listening socket as
+//! fd 3, open a pidfd to watch and signal it (no PID-reuse races), and read a process's start
+//! time so a re-adopted PID is known to be the same process.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// The fd number the VM process finds its listening socket at.
+pub const LISTEN_FD: RawFd = 3;
+
+/// Starts the VM program. Its stdout and stderr go to `log`; it gets its own session so a
+/// terminal's Ctrl-C to the manager does not reach it; only `listener` is inherited (as fd 3).
+pub fn spawn_vm(exe: &Path, spec: &Path, log: &Path, listener: &impl AsRawFd) -> io::Result<Child> {
+    let out = File::options().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new(exe);
+    cmd.arg("vm").arg("--spec").arg(spec);
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe calls (dup2, fcntl, setsid) on fds the parent keeps open until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == LISTEN_FD {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, LISTEN_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Opens a pidfd for `pid` (Linux 5.3+).
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` through a pidfd; a process that has already exited is not an error.
+pub fn pidfd_signal(pidfd: &impl AsRawFd, signal: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on an fd we own; the siginfo pointer may be null.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// The process start time (clock ticks since boot, field 22 of `/proc/PID/stat`).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_start_time_is_readable_and_stable() {
+        let me = std::process::id() as i32;
+        let t = start_time(me).expect("own /proc stat");
+        assert_eq!(start_time(me), Some(t));
+        assert_eq!(start_time(-5), None);
+    }
+
+    #[test]
+    fn pidfd_of_a_missing_process_fails() {
+        assert!(pidfd_open(i32::MAX).is_err());
+    }
+}

@@ -1,0 +1,176 @@
+//! `serve`: start-up (logging of ignored variables, state directory, re-adoption), the gRPC
+//! server with TLS/mTLS, health and reflection, the HTTP side server, and shutdown.
+
+use crate::config::{ManagerConfig, TlsConfig};
+use crate::manager::Manager;
+use crate::pb::manager_service_server::ManagerServiceServer;
+use crate::service::Service;
+use crate::{host, http, state};
+use std::future::Future;
+use std::path::PathBuf;
+use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+/// Why the manager could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A configuration variable is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A listening address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A TLS file could not be read.
+    #[error("cannot read TLS file {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The state directory is unusable.
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed (including bad TLS material).
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Encoded descriptors of `manager.proto` (and its imports), for reflection.
+const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/manager_descriptor.bin"));
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, ApiError> {
+    std::fs::read(path).map_err(|source| ApiError::TlsFile {
+        path: path.clone(),
+        source,
+    })
+}
+
+fn tls(cfg: &TlsConfig) -> Result<ServerTlsConfig, ApiError> {
+    let mut tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&cfg.cert)?, read(&cfg.key)?));
+    if !cfg.client_ca.is_empty() {
+        let mut bundle = Vec::new();
+        for p in &cfg.client_ca {
+            bundle.extend(read(p)?);
+            bundle.push(b'\n');
+        }
+        tls = tls.client_ca_root(Certificate::from_pem(bundle));
+    }
+    Ok(tls)
+}
+
+async fn bind(host: &str, port: u16) -> Result<TcpListener, ApiError> {
+    let addr = format!("{host}:{port}");
+    TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ApiError::Bind { addr, source })
+}
+
+/// Runs `cvmm manager` until `shutdown` resolves. VMs are left running at shutdown (a later
+/// manager re-adopts them from the state directory).
+pub async fn serve(
+    config: ManagerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ApiError> {
+    let grpc = bind(&config.grpc_host, config.grpc_port).await?;
+    let http = bind(&config.http_host, config.http_port).await?;
+    serve_on(config, grpc, http, shutdown).await
+}
+
+/// [`serve`] on listeners the caller has bound (tests bind port 0).
+pub async fn serve_on(
+    config: ManagerConfig,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ApiError> {
+    for var in &config.ignored_vars {
+        tracing::info!(variable = %var, "variable has no meaning for cvmm and is ignored");
+    }
+    for port in config.range_overlaps() {
+        tracing::warn!(port, range = ?config.vm.host_fwd_range, "a server port lies inside MANAGER_QEMU_HOST_FWD_RANGE");
+    }
+    let state_dir = config.state_dir.clone();
+    let state_err = |source| ApiError::StateDir {
+        path: state_dir.clone(),
+        source,
+    };
+    state::ensure_dir(&state_dir).map_err(state_err)?;
+    let tls = config.grpc_tls.as_ref().map(tls).transpose()?;
+    tracing::info!(grpc = ?grpc.local_addr().ok(), http = ?http.local_addr().ok(), tls = tls.is_some(), "manager listening");
+
+    let tee = host::resolve(config.tee);
+    tracing::info!(?tee, "VM launch mode");
+    let mgr = Manager::new(config, tee);
+    let adopted = mgr.adopt().map_err(state_err)?;
+    tracing::info!(adopted, "re-adopted VMs from the state directory");
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("manager", tonic_health::ServingStatus::Serving)
+        .await;
+    health_reporter
+        .set_serving::<ManagerServiceServer<Service>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(DESCRIPTORS)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ApiError::StateDir {
+            path: "reflection".into(),
+            source: std::io::Error::other(e),
+        })?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(DESCRIPTORS)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ApiError::StateDir {
+            path: "reflection".into(),
+            source: std::io::Error::other(e),
+        })?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let http_task = tokio::spawn(http::serve_http(
+        http,
+        mgr.clone(),
+        stopped(stop_rx.clone()),
+    ));
+
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let grpc_future = builder
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ManagerServiceServer::new(Service::new(mgr.clone())))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc),
+            stopped(stop_rx),
+        );
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("manager shutting down");
+        let _ = stop_tx.send(true);
+    };
+    let (res, ()) = tokio::join!(grpc_future, signal);
+    let _ = http_task.await;
+    mgr.forget_all();
+    res?;
+    Ok(())
+}

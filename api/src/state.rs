@@ -1,0 +1,147 @@
+//! The state directory: one sub-directory per VM, `<state>/<cvm_id>/`, holding `vm.json` (the
+//! record a restarted manager re-adopts from), `spec.json` (the VmSpec, mode 0600: it carries
+//! the client key) and `console.log` (the VM process's output). Removing the directory
+//! removes everything a VM left on disk.
+
+use serde::{Deserialize, Serialize};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// What is persisted about a running VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// The cvm_id.
+    pub id: String,
+    /// The VM process.
+    pub pid: i32,
+    /// Its start time (`/proc/PID/stat` field 22), to reject a reused PID.
+    pub start_time: u64,
+    /// The forwarded host port.
+    pub port: u16,
+    /// When the TTL expires, in milliseconds since the Unix epoch.
+    pub ttl_deadline_ms: Option<u64>,
+}
+
+/// Paths of one VM's files.
+#[derive(Debug, Clone)]
+pub struct VmDir(pub PathBuf);
+
+impl VmDir {
+    /// The VmSpec handed to the VM process.
+    pub fn spec(&self) -> PathBuf {
+        self.0.join("spec.json")
+    }
+    /// The record.
+    pub fn record(&self) -> PathBuf {
+        self.0.join("vm.json")
+    }
+    /// stdout/stderr of the VM process.
+    pub fn console(&self) -> PathBuf {
+        self.0.join("console.log")
+    }
+    /// Boot timeline the VM writes at exit.
+    pub fn timeline(&self) -> PathBuf {
+        self.0.join("timeline.json")
+    }
+}
+
+/// Creates the state directory (mode 0700).
+pub fn ensure_dir(path: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Creates the directory of a new VM.
+pub fn create_vm_dir(state: &Path, id: &str) -> io::Result<VmDir> {
+    let dir = state.join(id);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(VmDir(dir))
+}
+
+/// Writes `data` to `path` with mode 0600, atomically (temp file + rename).
+pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Removes a VM's directory; a missing one is fine.
+pub fn remove_vm_dir(dir: &VmDir) -> io::Result<()> {
+    match std::fs::remove_dir_all(&dir.0) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A VM directory found at start-up and what its record said.
+pub struct Found {
+    /// The directory.
+    pub dir: VmDir,
+    /// The parsed record, `None` when missing or unreadable.
+    pub record: Option<VmRecord>,
+}
+
+/// Lists the VM directories under `state` (only names that are uuids, so nothing else is touched).
+pub fn scan(state: &Path) -> io::Result<Vec<Found>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(state)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if uuid::Uuid::parse_str(name).is_err() || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let dir = VmDir(entry.path());
+        let record = std::fs::read(dir.record())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<VmRecord>(&b).ok())
+            .filter(|r| r.id == name);
+        found.push(Found { dir, record });
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn records_round_trip_and_scan_ignores_foreign_names() {
+        let root = std::env::temp_dir().join(format!("cvmm-state-test-{}", std::process::id()));
+        ensure_dir(&root).unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        let dir = create_vm_dir(&root, &id).unwrap();
+        let rec = VmRecord {
+            id: id.clone(),
+            pid: 1,
+            start_time: 2,
+            port: 6100,
+            ttl_deadline_ms: None,
+        };
+        write_private(&dir.record(), &serde_json::to_vec(&rec).unwrap()).unwrap();
+        let mode = std::fs::metadata(dir.record())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::create_dir(root.join("not-a-vm")).unwrap();
+        let found = scan(&root).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].record.as_ref(), Some(&rec));
+        remove_vm_dir(&dir).unwrap();
+        remove_vm_dir(&dir).unwrap();
+        assert!(scan(&root).unwrap().is_empty());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,274 @@
+//! End-to-end tests of the manager over a real gRPC client on 127.0.0.1, with a fake VM
+//! program: CreateVm/RemoveVm, request validation, the VM cap, port exhaustion, TTL, VM exit,
+//! SIGKILL escalation, CVMInfo and AttestationPolicy lookups.
+
+mod common;
+
+use api::pb::{AttestationPolicyReq, CreateReq, CvmInfoReq, RemoveReq};
+use common::*;
+use std::net::TcpStream;
+use tonic::Code;
+
+fn create_req() -> CreateReq {
+    CreateReq {
+        agent_cvm_server_url: "10.0.2.2:7001".into(),
+        agent_log_level: "info".into(),
+        agent_cvm_client_cert: b"CERT".to_vec(),
+        aa_kbs_params: "cc_kbc::http://kbs".into(),
+        ..Default::default()
+    }
+}
+
+fn remove(id: &str) -> RemoveReq {
+    RemoveReq { cvm_id: id.into() }
+}
+
+fn vm_dirs(h: &Harness) -> usize {
+    std::fs::read_dir(&h.state).map_or(0, |d| d.count())
+}
+
+#[tokio::test]
+async fn create_hands_the_port_to_the_vm_and_remove_releases_everything() {
+    let h = Harness::start(SLEEPER, &[]).await;
+    let mut c = h.client().await;
+    let res = c.create_vm(create_req()).await.unwrap().into_inner();
+    let id = uuid::Uuid::parse_str(&res.cvm_id).expect("cvm_id is a uuid");
+    assert_eq!(id.get_version_num(), 4);
+    assert_eq!(
+        res.cvm_id,
+        id.hyphenated().to_string(),
+        "canonical lower-case form"
+    );
+    let port: u16 = res.forwarded_port.parse().unwrap();
+
+    let dir = h.vm_dir(&res.cvm_id);
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("spec.json")).unwrap()).unwrap();
+    assert_eq!(spec["forwards"][0]["host_port"], port);
+    assert_eq!(spec["forwards"][0]["listen_fd"], 3);
+    assert_eq!(spec["forwards"][0]["guest_port"], 7002);
+    assert_eq!(
+        spec["cmdline"],
+        "quiet console=null agent.aa_kbc_params=cc_kbc::http://kbs"
+    );
+    assert_eq!(spec["vcpus"], 4);
+    assert_eq!(spec["memory_mib"], 2048);
+    let spec: vmm::spec::VmSpec = serde_json::from_value(spec).unwrap();
+    let env = spec.shares.iter().find(|s| s.tag == "env_share").unwrap();
+    let vmm::spec::ShareSource::Memory(files) = &env.source else {
+        panic!("env share is not in memory")
+    };
+    let text = String::from_utf8(files[0].1.clone()).unwrap();
+    assert!(
+        text.contains(&format!("AGENT_CVM_ID={}\n", res.cvm_id)),
+        "{text}"
+    );
+    assert!(
+        text.contains("AGENT_CVM_GRPC_CLIENT_CERT=/etc/certs/cert.pem\n"),
+        "{text}"
+    );
+
+    wait_until("the fake VM to record its fd 3", || {
+        dir.join("fd3").exists()
+    })
+    .await;
+    let fd3 = std::fs::read_to_string(dir.join("fd3")).unwrap();
+    assert!(fd3.starts_with("socket:"), "fd 3 of the VM is {fd3:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("args")).unwrap().trim(),
+        format!("vm --spec {}", dir.join("spec.json").display())
+    );
+    TcpStream::connect(("127.0.0.1", port)).expect("the VM process holds the listening socket");
+    assert_eq!(h.metric("manager_vms_running").await.as_deref(), Some("1"));
+
+    c.remove_vm(remove(&res.cvm_id)).await.unwrap();
+    assert!(!dir.exists(), "VM files are removed");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the port is released"
+    );
+    assert_eq!(h.metric("manager_vms_running").await.as_deref(), Some("0"));
+    assert_eq!(
+        h.metric("manager_api_request_count{method=\"Run\"}")
+            .await
+            .as_deref(),
+        Some("1")
+    );
+
+    let err = c.remove_vm(remove(&res.cvm_id)).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::Unknown, "entity not found")
+    );
+}
+
+#[tokio::test]
+async fn invalid_requests_start_nothing() {
+    let h = Harness::start(SLEEPER, &[]).await;
+    let mut c = h.client().await;
+    let mut bad_ttl = create_req();
+    bad_ttl.ttl = "abc".into();
+    let err = c.create_vm(bad_ttl).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "time: invalid duration \"abc\"")
+    );
+    let mut injected = create_req();
+    injected.aws_region = "eu\nAGENT_CVM_ID=evil".into();
+    let err = c.create_vm(injected).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("aws_region"), "{}", err.message());
+    assert_eq!(vm_dirs(&h), 0, "no VM files were written");
+    assert_eq!(h.metric("manager_vms_running").await.as_deref(), Some("0"));
+}
+
+#[tokio::test]
+async fn the_vm_cap_is_enforced_and_freed_by_removal() {
+    let h = Harness::start(SLEEPER, &[("MANAGER_MAX_VMS", "1".into())]).await;
+    let mut c = h.client().await;
+    let first = c.create_vm(create_req()).await.unwrap().into_inner();
+    let err = c.create_vm(create_req()).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::Unknown, "maximum number of VMs exceeded")
+    );
+    c.remove_vm(remove(&first.cvm_id)).await.unwrap();
+    let second = c.create_vm(create_req()).await.unwrap().into_inner();
+    c.remove_vm(remove(&second.cvm_id)).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_exhausted_port_range_fails_with_the_go_message() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let range = format!("{port}-{port}");
+    let h = Harness::start(
+        SLEEPER,
+        &[
+            ("MANAGER_QEMU_HOST_FWD_RANGE", range.clone()),
+            ("MANAGER_MAX_VMS", "0".into()),
+        ],
+    )
+    .await;
+    let mut c = h.client().await;
+    let first = c.create_vm(create_req()).await.unwrap().into_inner();
+    assert_eq!(first.forwarded_port, port.to_string());
+    let err = c.create_vm(create_req()).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::Unknown,
+            format!(
+                "failed to allocate free port on host : failed to find free port in range {range}"
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(vm_dirs(&h), 1, "the failed call left no files");
+    c.remove_vm(remove(&first.cvm_id)).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_ttl_removes_the_vm() {
+    let h = Harness::start(SLEEPER, &[]).await;
+    let mut c = h.client().await;
+    let mut req = create_req();
+    req.ttl = "200ms".into();
+    let res = c.create_vm(req).await.unwrap().into_inner();
+    let dir = h.vm_dir(&res.cvm_id);
+    wait_until("the TTL to remove the VM", || !dir.exists()).await;
+    let mut gone = false;
+    for _ in 0..200 {
+        if let Err(e) = c.remove_vm(remove(&res.cvm_id)).await {
+            assert_eq!(e.message(), "entity not found");
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(gone, "the VM entry was removed by its TTL");
+}
+
+#[tokio::test]
+async fn a_vm_that_exits_is_reaped_and_its_slot_freed() {
+    let h = Harness::start(FAILS, &[("MANAGER_MAX_VMS", "1".into())]).await;
+    let mut c = h.client().await;
+    let res = c.create_vm(create_req()).await.unwrap().into_inner();
+    let dir = h.vm_dir(&res.cvm_id);
+    wait_until("the exit to be noticed", || !dir.exists()).await;
+    assert_eq!(
+        h.metric("manager_vm_exits_total").await.as_deref(),
+        Some("1")
+    );
+    assert_eq!(h.metric("manager_vms_running").await.as_deref(), Some("0"));
+    c.remove_vm(remove(&res.cvm_id))
+        .await
+        .expect("RemoveVm of an exited VM succeeds");
+    let err = c.remove_vm(remove(&res.cvm_id)).await.unwrap_err();
+    assert_eq!(err.message(), "entity not found");
+    let next = c
+        .create_vm(create_req())
+        .await
+        .expect("the cap slot was freed");
+    let dir = h.vm_dir(&next.into_inner().cvm_id);
+    wait_until("the second exit", || !dir.exists()).await;
+}
+
+#[tokio::test]
+async fn a_vm_ignoring_sigterm_is_killed_after_the_stop_timeout() {
+    let h = Harness::start(STUBBORN, &[("MANAGER_VMM_STOP_TIMEOUT", "300ms".into())]).await;
+    let mut c = h.client().await;
+    let res = c.create_vm(create_req()).await.unwrap().into_inner();
+    let dir = h.vm_dir(&res.cvm_id);
+    wait_until("the fake VM to start", || dir.join("fd3").exists()).await;
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("vm.json")).unwrap()).unwrap();
+    let pid = rec["pid"].as_i64().unwrap();
+    c.remove_vm(remove(&res.cvm_id)).await.unwrap();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the process is killed and reaped"
+    );
+}
+
+#[tokio::test]
+async fn cvm_info_echoes_and_attestation_policy_needs_a_known_id() {
+    let h = Harness::start(
+        SLEEPER,
+        &[
+            ("MANAGER_QEMU_OVMF_VERSION", "edk2-stable202408".into()),
+            ("MANAGER_EOS_VERSION", "eos1".into()),
+        ],
+    )
+    .await;
+    let mut c = h.client().await;
+    let info = c
+        .cvm_info(CvmInfoReq {
+            id: "whatever".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.id, "whatever");
+    assert_eq!(
+        (
+            info.ovmf_version.as_str(),
+            info.cpu_num,
+            info.cpu_type.as_str()
+        ),
+        ("edk2-stable202408", 4, "EPYC")
+    );
+    assert_eq!(
+        (info.kernel_cmd.as_str(), info.eos_version.as_str()),
+        ("", "eos1")
+    );
+    let err = c
+        .attestation_policy(AttestationPolicyReq { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::Unknown, "computationId nope not found")
+    );
+}
