@@ -10,3 +10,6 @@ pub mod interrupt;
 pub mod legacy;
 pub mod net;
 pub mod p9;
+pub mod pci;
+pub mod virtio;
+pub mod worker;

@@ -6,6 +6,7 @@ pub mod acpi;
 pub mod boot;
 pub mod console;
 pub mod cpuid;
+pub mod devices;
 pub mod error;
 pub mod irq;
 pub mod layout;

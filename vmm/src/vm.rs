@@ -121,8 +121,9 @@ pub fn validate(spec: &VmSpec) -> Result<CpuTemplate> {
 /// A VM that has been built and is ready to run.
 pub struct Vm {
     _kvm: Kvm,
-    vm: VmFd,
-    _mem: GuestMem,
+    vm: Arc<VmFd>,
+    _mem: Arc<GuestMem>,
+    _pci: Arc<Mutex<devices::pci::PciBus>>,
     vcpus: Vec<(u32, kvm_ioctls::VcpuFd)>,
     shared: VcpuShared,
     serial: Arc<Mutex<SerialPort>>,
@@ -157,7 +158,7 @@ impl Vm {
                 spec.vcpus
             )));
         }
-        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         timeline.mark("kvm_vm_created");
 
         let mem = memory::create(spec.memory_mib)?;
@@ -242,6 +243,10 @@ impl Vm {
                 .map_err(|e| VmmError::Memory(format!("port map: {e}")))?;
         }
 
+        let mem = Arc::new(mem);
+        let mut mmio = MmioBus::default();
+        let pci = crate::devices::attach_pci(spec, &vm, &mem, &mut pio, &mut mmio)?;
+
         let mut supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
@@ -268,10 +273,11 @@ impl Vm {
             _kvm: kvm,
             vm,
             _mem: mem,
+            _pci: pci,
             vcpus,
             shared: VcpuShared {
                 pio: Arc::new(pio),
-                mmio: Arc::new(MmioBus::default()),
+                mmio: Arc::new(mmio),
                 stop,
                 fault: Arc::new(Mutex::new(None)),
                 running: Arc::new(AtomicBool::new(true)),

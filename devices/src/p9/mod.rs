@@ -33,3 +33,4 @@ pub use memory::MemoryShare;
 pub use proto::{parse_request, Message, ProtoError, Request};
 pub use server::{NinePConfig, NinePServer, MIN_MSIZE};
 pub use share::{Share, ShareError};
+pub mod virtio;

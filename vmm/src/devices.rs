@@ -1,0 +1,86 @@
+//! PCI devices of a VM: the PCI bus (config mechanisms #1 and ECAM, the BAR window) and the
+//! virtio devices the spec asks for (9p shares, later the NIC), on the virtio-pci transport
+//! with MSI-X through KVM routes and doorbells through ioeventfds.
+
+use crate::error::{Result, VmmError};
+use crate::irq::{KvmIoEvents, KvmMsiRouter};
+use crate::layout::*;
+use crate::spec::{ShareSource, VmSpec};
+use devices::bus::{MmioBus, PioBus};
+use devices::p9::virtio::Virtio9p;
+use devices::p9::{DirectoryShare, MemoryShare, NinePConfig, Share};
+use devices::pci::{PciBarWindow, PciBus, PciConfigIo, PciConfigMmio, PciWindow};
+use devices::virtio::{GuestMem, VirtioDevice, VirtioPciDevice};
+use kvm_ioctls::VmFd;
+use std::sync::{Arc, Mutex};
+
+/// Builds the PCI bus with the spec's virtio devices and maps it on the buses.
+pub fn attach_pci(
+    spec: &VmSpec,
+    vm: &Arc<VmFd>,
+    mem: &GuestMem,
+    pio: &mut PioBus,
+    mmio: &mut MmioBus,
+) -> Result<Arc<Mutex<PciBus>>> {
+    let router = Arc::new(KvmMsiRouter::new(vm.clone()));
+    let ioevents = Arc::new(KvmIoEvents::new(vm.clone()));
+    let bus = Arc::new(Mutex::new(PciBus::new(
+        PciWindow {
+            base: PCI_MMIO_START,
+            size: PCI_MMIO_SIZE,
+        },
+        None,
+    )));
+
+    let mut add = |dev: Box<dyn VirtioDevice>, what: &str| -> Result<()> {
+        let pci = VirtioPciDevice::new(dev, mem.clone(), router.clone(), ioevents.clone())
+            .map_err(|e| VmmError::Memory(format!("{what}: {e}")))?;
+        let slot = devices::bus::lock(&bus)
+            .add_device(Arc::new(Mutex::new(pci)))
+            .map_err(|e| VmmError::Input(format!("{what}: {e}")))?;
+        tracing::debug!(slot, "{what} on PCI");
+        Ok(())
+    };
+
+    for share in &spec.shares {
+        let what = format!("--share {}", share.tag);
+        let backend = match &share.source {
+            ShareSource::Directory(dir) => Share::Directory(
+                DirectoryShare::open(dir)
+                    .map_err(|e| VmmError::Input(format!("{what}={}: {e}", dir.display())))?,
+            ),
+            ShareSource::Memory(files) => {
+                let mut m = MemoryShare::new();
+                for (name, data) in files {
+                    m.add_file(name, data.clone(), 0o644)
+                        .map_err(|e| VmmError::Input(format!("{what}: file '{name}': {e}")))?;
+                }
+                Share::Memory(m)
+            }
+        };
+        let dev = Virtio9p::new(&share.tag, backend, NinePConfig::default())
+            .map_err(|e| VmmError::Input(format!("{what}: {e}")))?;
+        add(Box::new(dev), &what)?;
+    }
+
+    let map_err = |e: devices::bus::BusError| VmmError::Memory(format!("PCI: {e}"));
+    pio.insert(
+        u64::from(PCI_CONFIG_IO_PORT),
+        8,
+        Arc::new(Mutex::new(PciConfigIo::new(bus.clone()))),
+    )
+    .map_err(map_err)?;
+    mmio.insert(
+        PCI_ECAM_BASE,
+        PCI_ECAM_SIZE,
+        Arc::new(Mutex::new(PciConfigMmio::new(bus.clone()))),
+    )
+    .map_err(map_err)?;
+    mmio.insert(
+        PCI_MMIO_START,
+        PCI_MMIO_SIZE,
+        Arc::new(Mutex::new(PciBarWindow::new(bus.clone(), PCI_MMIO_START))),
+    )
+    .map_err(map_err)?;
+    Ok(bus)
+}
