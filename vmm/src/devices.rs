@@ -7,12 +7,63 @@ use crate::irq::{KvmIoEvents, KvmMsiRouter};
 use crate::layout::*;
 use crate::spec::{ShareSource, VmSpec};
 use devices::bus::{MmioBus, PioBus};
+use devices::net::virtio::{VirtioNet, DEFAULT_GUEST_MAC};
+use devices::net::{PortForward, UserNet, UserNetConfig};
 use devices::p9::virtio::Virtio9p;
 use devices::p9::{DirectoryShare, MemoryShare, NinePConfig, Share};
 use devices::pci::{PciBarWindow, PciBus, PciConfigIo, PciConfigMmio, PciWindow};
 use devices::virtio::{GuestMem, VirtioDevice, VirtioPciDevice};
 use kvm_ioctls::VmFd;
 use std::sync::{Arc, Mutex};
+
+/// The NIC with its user-mode network and the spec's port forwards (sockets bound or
+/// inherited here, so a taken port fails the VM before it boots).
+fn user_net(spec: &VmSpec) -> Result<VirtioNet> {
+    let mut forwards = Vec::new();
+    for f in &spec.forwards {
+        let listener = match f.listen_fd {
+            Some(fd) => {
+                // SAFETY: the parent handed this fd to us for this purpose; nothing else in
+                // this process owns or closes it.
+                let l =
+                    unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                l.local_addr().map_err(|e| {
+                    VmmError::Input(format!(
+                        "--forward-fd {fd}: not a listening TCP socket: {e}"
+                    ))
+                })?;
+                l
+            }
+            None => {
+                let addr = f
+                    .host_addr
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+                std::net::TcpListener::bind((addr, f.host_port)).map_err(|e| {
+                    VmmError::Input(format!(
+                        "--forward tcp:{addr}:{}-:{}: cannot listen: {e}",
+                        f.host_port, f.guest_port
+                    ))
+                })?
+            }
+        };
+        if let Ok(a) = listener.local_addr() {
+            tracing::info!(host = %a, guest_port = f.guest_port, "port forward");
+        }
+        forwards.push(PortForward {
+            listener,
+            guest_port: f.guest_port,
+        });
+    }
+    let cfg = match UserNetConfig::from_system(Vec::new()) {
+        Ok(c) => UserNetConfig { forwards, ..c },
+        Err(e) => {
+            tracing::warn!("no DNS upstream for the guest: {e}");
+            UserNetConfig::with_dns(forwards, Vec::new())
+        }
+    };
+    let net = UserNet::new(cfg).map_err(|e| VmmError::Input(format!("guest network: {e}")))?;
+    Ok(VirtioNet::new(DEFAULT_GUEST_MAC, net))
+}
 
 /// Builds the PCI bus with the spec's virtio devices and maps it on the buses.
 pub fn attach_pci(
@@ -32,7 +83,7 @@ pub fn attach_pci(
         None,
     )));
 
-    let mut add = |dev: Box<dyn VirtioDevice>, what: &str| -> Result<()> {
+    let add = |dev: Box<dyn VirtioDevice>, what: &str| -> Result<()> {
         let pci = VirtioPciDevice::new(dev, mem.clone(), router.clone(), ioevents.clone())
             .map_err(|e| VmmError::Memory(format!("{what}: {e}")))?;
         let slot = devices::bus::lock(&bus)
@@ -41,6 +92,10 @@ pub fn attach_pci(
         tracing::debug!(slot, "{what} on PCI");
         Ok(())
     };
+
+    if spec.net {
+        add(Box::new(user_net(spec)?), "virtio-net")?;
+    }
 
     for share in &spec.shares {
         let what = format!("--share {}", share.tag);
