@@ -1,0 +1,233 @@
+//! Tier B: `cvmm manager` running real VM processes (`cvmm vm`) with the probe guest. A gRPC
+//! client creates a VM, the probe boots in its own process, RemoveVm stops it and nothing is
+//! left behind; a VM killed from outside is noticed and cleaned up.
+
+mod common;
+
+use api::pb::manager_service_client::ManagerServiceClient;
+use api::pb::{CreateReq, RemoveReq};
+use common::*;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Manager {
+    child: Child,
+    grpc: u16,
+    http: u16,
+    state: PathBuf,
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_manager(extra: &[(&str, String)]) -> Manager {
+    let state =
+        std::env::temp_dir().join(format!("cvmm-mgr-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&state).unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    // The probe ignores its initrd; the manager always passes one, as the Go manager does.
+    let initrd = state.join("initrd.img");
+    std::fs::write(&initrd, vec![0u8; 4096]).unwrap();
+    let fwd = free_port();
+    let mut cmd = Command::new(cvmm());
+    cmd.arg("manager")
+        .env("MANAGER_GRPC_HOST", "127.0.0.1")
+        .env("MANAGER_GRPC_PORT", grpc.to_string())
+        .env("MANAGER_HTTP_HOST", "127.0.0.1")
+        .env("MANAGER_HTTP_PORT", http.to_string())
+        .env("MANAGER_STATE_DIR", &state)
+        .env("MANAGER_VMM_EXE", cvmm())
+        .env("MANAGER_VMM_TEE", "none")
+        .env("MANAGER_VMM_HOST_FWD_ADDR", "127.0.0.1")
+        .env("MANAGER_QEMU_HOST_FWD_RANGE", format!("{fwd}-{}", fwd + 20))
+        .env("MANAGER_QEMU_DISK_IMG_KERNEL_FILE", probe("pvh"))
+        .env("MANAGER_QEMU_DISK_IMG_ROOTFS_FILE", &initrd)
+        .env("MANAGER_QEMU_MEMORY_SIZE", "128M")
+        .env("MANAGER_QEMU_SMP_COUNT", "1")
+        .env("CVMM_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let m = Manager {
+        child,
+        grpc,
+        http,
+        state,
+    };
+    wait_for(Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", m.grpc)).is_ok()
+    });
+    m
+}
+
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn vm_pid(state: &Path, id: &str) -> i32 {
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join(id).join("vm.json")).unwrap())
+            .unwrap();
+    rec["pid"].as_i64().unwrap() as i32
+}
+
+fn metric(http: u16, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn create_boots_a_vm_process_and_remove_stops_it() {
+    if !kvm_available("tier B manager") {
+        return;
+    }
+    let m = start_manager(&[("MANAGER_QEMU_KERNEL_CMDLINE", "probe.exit=halt".into())]);
+    rt().block_on(async {
+        let mut c = ManagerServiceClient::connect(format!("http://127.0.0.1:{}", m.grpc))
+            .await
+            .unwrap();
+        let res = c
+            .create_vm(CreateReq {
+                agent_log_level: "info".into(),
+                ttl: "10m".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let id = res.cvm_id.clone();
+        let port: u16 = res.forwarded_port.parse().unwrap();
+        let console = m.state.join(&id).join("console.log");
+        assert!(
+            wait_for(Duration::from_secs(30), || std::fs::read_to_string(
+                &console
+            )
+            .is_ok_and(|c| c.contains("cvmm-probe: ready"))),
+            "VM did not boot: {:?}",
+            std::fs::read_to_string(&console)
+        );
+        let pid = vm_pid(&m.state, &id);
+        assert!(pid_alive(pid));
+        // The forwarded port is held while the VM runs: nobody else can bind it.
+        assert!(TcpListener::bind(("127.0.0.1", port)).is_err());
+        assert_eq!(metric(m.http, "manager_vms_running"), Some(1.0));
+
+        c.remove_vm(RemoveReq { cvm_id: id.clone() }).await.unwrap();
+        assert!(
+            wait_for(Duration::from_secs(10), || !pid_alive(pid)),
+            "VM process left behind"
+        );
+        assert!(!m.state.join(&id).exists(), "VM state left behind");
+        assert!(
+            TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port not released"
+        );
+        assert_eq!(metric(m.http, "manager_vms_running"), Some(0.0));
+    });
+}
+
+#[test]
+fn a_vm_killed_from_outside_is_noticed_and_cleaned_up() {
+    if !kvm_available("tier B manager") {
+        return;
+    }
+    let m = start_manager(&[("MANAGER_QEMU_KERNEL_CMDLINE", "probe.exit=halt".into())]);
+    rt().block_on(async {
+        let mut c = ManagerServiceClient::connect(format!("http://127.0.0.1:{}", m.grpc))
+            .await
+            .unwrap();
+        let id = c
+            .create_vm(CreateReq {
+                ttl: "10m".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .cvm_id;
+        let console = m.state.join(&id).join("console.log");
+        assert!(wait_for(Duration::from_secs(30), || {
+            std::fs::read_to_string(&console).is_ok_and(|c| c.contains("cvmm-probe: ready"))
+        }));
+        let pid = vm_pid(&m.state, &id);
+        // SAFETY: killing the VM process we just looked up.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert!(
+            wait_for(Duration::from_secs(10), || !m.state.join(&id).exists()),
+            "manager did not clean up the killed VM"
+        );
+        assert_eq!(metric(m.http, "manager_vms_running"), Some(0.0));
+    });
+}
+
+#[test]
+fn a_vm_whose_guest_powers_off_is_reaped() {
+    if !kvm_available("tier B manager") {
+        return;
+    }
+    let m = start_manager(&[("MANAGER_QEMU_KERNEL_CMDLINE", "probe.exit=poweroff".into())]);
+    rt().block_on(async {
+        let mut c = ManagerServiceClient::connect(format!("http://127.0.0.1:{}", m.grpc))
+            .await
+            .unwrap();
+        let id = c
+            .create_vm(CreateReq {
+                ttl: "10m".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .cvm_id;
+        assert!(
+            wait_for(Duration::from_secs(30), || !m.state.join(&id).exists()),
+            "powered-off VM not reaped"
+        );
+        let exits = metric(m.http, "manager_vm_exits_total").unwrap_or(0.0);
+        assert!(exits >= 1.0, "exit counted: {exits}");
+    });
+}
