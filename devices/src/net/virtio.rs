@@ -228,3 +228,115 @@ impl VirtioDevice for VirtioNet {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::{UserNetConfig, GATEWAY_MAC};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+    const WRITE: u16 = 2;
+
+    fn arp_request_for_gateway() -> Vec<u8> {
+        let mut f = vec![0xff; 6]; // broadcast
+        f.extend_from_slice(&DEFAULT_GUEST_MAC);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&DEFAULT_GUEST_MAC);
+        f.extend_from_slice(&[10, 0, 2, 15]);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&[10, 0, 2, 2]);
+        f
+    }
+
+    fn setup() -> (GuestMem, UserNet) {
+        let mem =
+            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x100000)]).unwrap());
+        let net = UserNet::new(UserNetConfig::with_dns(Vec::new(), Vec::new())).unwrap();
+        (mem, net)
+    }
+
+    #[test]
+    fn a_guest_arp_request_is_answered_through_the_rx_queue() {
+        let (mem, mut net) = setup();
+        let mut st = NicStats::default();
+        let mut frame = vec![0u8; NET_HDR_LEN];
+        frame.extend_from_slice(&arp_request_for_gateway());
+        mem.write_slice(&frame, GuestAddress(0x10000)).unwrap();
+        let txq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x40000), 16);
+        txq.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(
+            0x10000,
+            frame.len() as u32,
+            0,
+            0,
+        ))])
+        .unwrap();
+        let mut tx: Queue = txq.create_queue().unwrap();
+        assert!(drain_tx(&mem, &mut tx, &mut net, &mut st));
+        assert_eq!(st.tx_frames, 1);
+        net.poll(Instant::now());
+
+        let rxq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x50000), 16);
+        rxq.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(
+            0x20000, 2048, WRITE, 0,
+        ))])
+        .unwrap();
+        let mut rx: Queue = rxq.create_queue().unwrap();
+        let mut pending = None;
+        assert!(fill_rx(&mem, &mut rx, &mut net, &mut pending, &mut st));
+        assert_eq!(st.rx_frames, 1);
+        let len: u32 = mem
+            .read_obj(rxq.used_addr().checked_add(8).unwrap())
+            .unwrap();
+        let mut got = vec![0u8; len as usize];
+        mem.read_slice(&mut got, GuestAddress(0x20000)).unwrap();
+        assert_eq!(&got[10..12], &1u16.to_le_bytes(), "num_buffers");
+        let eth = &got[NET_HDR_LEN..];
+        assert_eq!(&eth[0..6], &DEFAULT_GUEST_MAC, "reply to the guest");
+        assert_eq!(&eth[6..12], &GATEWAY_MAC);
+        assert_eq!(&eth[20..22], &[0, 2], "ARP reply");
+    }
+
+    #[test]
+    fn bad_chains_and_small_buffers_are_dropped_not_fatal() {
+        let (mem, mut net) = setup();
+        let mut st = NicStats::default();
+        // TX chain shorter than the virtio-net header, and one outside guest memory.
+        let txq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x40000), 16);
+        txq.build_multiple_desc_chains(&[
+            RawDescriptor::from(SplitDescriptor::new(0x10000, 4, 0, 0)),
+            RawDescriptor::from(SplitDescriptor::new(0xfff_0000, 100, 0, 0)),
+        ])
+        .unwrap();
+        let mut tx: Queue = txq.create_queue().unwrap();
+        assert!(drain_tx(&mem, &mut tx, &mut net, &mut st));
+        assert_eq!((st.tx_frames, st.dropped), (0, 2));
+        // A frame for the guest with an RX buffer too small: dropped, the next buffer is used.
+        let mut pending = Some(vec![0x55u8; 1000]);
+        let rxq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x50000), 16);
+        rxq.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(
+            0x20000, 64, WRITE, 0,
+        ))])
+        .unwrap();
+        let mut rx: Queue = rxq.create_queue().unwrap();
+        assert!(fill_rx(&mem, &mut rx, &mut net, &mut pending, &mut st));
+        assert_eq!(st.dropped, 3);
+        assert!(pending.is_none());
+        // No RX buffer at all: the frame stays pending.
+        let mut pending = Some(vec![1u8; 60]);
+        assert!(!fill_rx(&mem, &mut rx, &mut net, &mut pending, &mut st));
+        assert!(pending.is_some());
+    }
+
+    #[test]
+    fn config_has_mac_and_link_up() {
+        let (_, net) = setup();
+        let d = VirtioNet::new(DEFAULT_GUEST_MAC, net);
+        let mut c = [0u8; 8];
+        d.read_config(0, &mut c);
+        assert_eq!(&c[..6], &DEFAULT_GUEST_MAC);
+        assert_eq!(u16::from_le_bytes([c[6], c[7]]), VIRTIO_NET_S_LINK_UP);
+        assert_ne!(d.features() & VIRTIO_NET_F_MAC, 0);
+    }
+}
