@@ -35,49 +35,13 @@ impl ForwardSpec {
     /// (`tcp::7020-:7002`, `tcp:127.0.0.1:7020-:7002`; the guest address, if given, must be
     /// the guest's 10.0.2.15).
     pub fn parse_hostfwd(s: &str) -> Result<Self, String> {
-        let bad = |why: &str| {
-            format!("--forward '{s}': {why} (expected tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT)")
-        };
-        let rest = match s.split_once(':') {
-            Some(("tcp", r)) | Some(("", r)) => r,
-            Some((proto, _)) => {
-                return Err(bad(&format!(
-                    "protocol '{proto}' is not supported, only tcp"
-                )))
-            }
-            None => return Err(bad("missing protocol")),
-        };
-        let (host, guest) = rest.split_once('-').ok_or_else(|| bad("missing '-'"))?;
-        let (haddr, hport) = host
-            .rsplit_once(':')
-            .ok_or_else(|| bad("missing host port"))?;
-        let (gaddr, gport) = guest
-            .rsplit_once(':')
-            .ok_or_else(|| bad("missing guest port"))?;
-        let host_addr = match haddr {
-            "" => None,
-            a => Some(
-                a.parse()
-                    .map_err(|_| bad(&format!("bad host address '{a}'")))?,
-            ),
-        };
-        if !gaddr.is_empty() && gaddr != "10.0.2.15" {
-            return Err(bad(&format!(
-                "guest address '{gaddr}' is not the guest's 10.0.2.15"
-            )));
-        }
-        let port = |p: &str, what: &str, zero_ok: bool| -> Result<u16, String> {
-            match p.parse::<u16>() {
-                Ok(0) if !zero_ok => Err(bad(&format!("{what} port 0"))),
-                Ok(v) => Ok(v),
-                Err(_) => Err(bad(&format!("bad {what} port '{p}'"))),
-            }
-        };
+        let (host_addr, host_port, guest_port) =
+            devices::net::parse_hostfwd(s).map_err(|e| format!("--forward '{s}': {e}"))?;
         Ok(Self {
             host_addr,
-            host_port: port(hport, "host", true)?,
+            host_port,
             listen_fd: None,
-            guest_port: port(gport, "guest", false)?,
+            guest_port,
         })
     }
 
