@@ -16,7 +16,7 @@ CARGO_TARGET_DIR=$target_dir cargo build --quiet --release \
 elf=$target_dir/x86_64-unknown-linux-gnu/release/cvmm-probe
 objcopy --strip-all "$elf" "$out/probe-pvh.elf"
 objcopy -O binary --only-section=.text32 --only-section=.text --only-section=.rodata --only-section=.note.Xen \
-  --only-section=.data "$elf" "$out/probe-payload.bin"
+  --only-section=.data --only-section=.got "$elf" "$out/probe-payload.bin"
 objcopy --dump-section .setup16="$out/probe-setup16.bin" "$elf" /dev/null
 python3 "$here/mkbzimage.py" "$elf" "$out/probe-setup16.bin" "$out/probe-payload.bin" \
   "$out/probe.bzImage"

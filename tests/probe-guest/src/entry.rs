@@ -143,6 +143,7 @@ probe_gdt_ptr:
 probe_pml4:
     .quad probe_pdpt + 3
     .fill 511, 8, 0
+    .globl probe_pdpt
 probe_pdpt:
     .quad probe_pd + 0x0003
     .quad probe_pd + 0x1003

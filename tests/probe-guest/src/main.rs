@@ -8,14 +8,27 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod acpi;
+mod arena;
 mod bootinfo;
+mod clock;
+mod devices;
 #[cfg(not(test))]
 mod entry;
 mod exit;
+mod mmio;
+mod netapp;
+mod ninep;
+mod out;
+mod p9;
+mod pci;
 mod phys;
 #[cfg(not(test))]
 mod rt;
 mod serial;
+mod text;
+mod virtio;
+mod virtq;
+mod vnet;
 
 /// Progress code: an entry point was reached (written by the entry assembly).
 pub const POST_ENTRY: u8 = 0x40;
@@ -51,6 +64,10 @@ extern "C" fn rust_main(proto: u32, info: u64) -> ! {
 
     post(POST_READY);
     line(&[b"ready"]);
+
+    if devices::wanted(bi.cmdline) {
+        devices::run(bi.cmdline, fw.rsdp);
+    }
 
     let kind = bootinfo::option(bi.cmdline, b"probe.exit")
         .and_then(ExitKind::parse)
