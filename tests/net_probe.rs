@@ -190,3 +190,39 @@ fn a_taken_host_port_is_a_clear_error() {
     assert_eq!(r.code, Some(2));
     assert!(r.stderr.contains("udp::1-:2"), "{}", r.stderr);
 }
+
+#[test]
+fn a_1_mib_file_from_certs_share_arrives_byte_identical() {
+    if !kvm_available("tier B net") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cvmm-net9p-big-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let big: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(dir.join("ca.pem"), &big).unwrap();
+    std::fs::write(dir.join("environment"), b"AGENT_LOG_LEVEL=debug\n").unwrap();
+    let port = free_port();
+    let mut args = base_args("probe.net=dhcp probe.serve=2");
+    args.extend(["--forward".into(), format!("tcp:127.0.0.1:{port}-:7002")]);
+    args.extend(["--share".into(), format!("certs_share={}", dir.display())]);
+    let child = spawn(&args);
+    assert_eq!(request(port, "GET certs_share/environment\n"), "AGENT_LOG_LEVEL=debug\n");
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"GET certs_share/ca.pem\n").unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), big.len());
+    assert!(got == big, "content differs");
+    let r = wait_limit(child, LIMIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    std::fs::remove_dir_all(dir).unwrap();
+}
