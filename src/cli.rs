@@ -80,7 +80,7 @@ struct RunArgs {
 
 #[derive(Args)]
 struct MeasureArgs {
-    /// Platform: snp.
+    /// Platform: snp (launch digest) or tdx (MRTD).
     #[arg(long, default_value = "snp")]
     mode: String,
     /// Unified OVMF image.
@@ -124,8 +124,8 @@ fn parse_u64(s: &str) -> Option<u64> {
 }
 
 fn measure(a: MeasureArgs) -> anyhow::Result<String> {
-    if a.mode != "snp" {
-        anyhow::bail!("--mode '{}': supported: snp", a.mode);
+    if a.mode != "snp" && a.mode != "tdx" {
+        anyhow::bail!("--mode '{}': supported: snp, tdx", a.mode);
     }
     let firmware = match (&a.ovmf, &a.igvm) {
         (Some(p), None) => tee::Firmware::Ovmf {
@@ -138,6 +138,12 @@ fn measure(a: MeasureArgs) -> anyhow::Result<String> {
         },
         _ => anyhow::bail!("give one of --ovmf PATH or --igvm PATH"),
     };
+    if a.mode == "tdx" {
+        if a.kernel.is_some() || a.ovmf_hash.is_some() {
+            anyhow::bail!("--mode tdx measures the firmware (TDVF or IGVM) only");
+        }
+        return Ok(tee::measure::hex(&tee::tdx_mrtd(&firmware)?));
+    }
     let ovmf_hash = match &a.ovmf_hash {
         None => None,
         Some(h) => {

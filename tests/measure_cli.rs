@@ -26,11 +26,24 @@ fn snp_digest_matches_sev_snp_measure_for_ovmf() {
             .args(["--vcpu-type", ty])
             .output()
             .unwrap();
-        assert!(ours.status.success(), "{}", String::from_utf8_lossy(&ours.stderr));
+        assert!(
+            ours.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
         let ours = String::from_utf8(ours.stdout).unwrap().trim().to_string();
         assert_eq!(ours.len(), 96, "{ours}");
         let theirs = match Command::new("sev-snp-measure")
-            .args(["--mode", "snp", "--ovmf", ovmf, "--vcpus", vcpus, "--vcpu-type", ty])
+            .args([
+                "--mode",
+                "snp",
+                "--ovmf",
+                ovmf,
+                "--vcpus",
+                vcpus,
+                "--vcpu-type",
+                ty,
+            ])
             .output()
         {
             Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap(),
@@ -59,4 +72,27 @@ fn bad_measure_inputs_are_named() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn tdx_mrtd_of_debian_ovmf_matches_the_library_oracle_checked_value() {
+    let ovmf = "/usr/share/ovmf/OVMF.fd";
+    let Ok(data) = std::fs::read(ovmf) else {
+        return skip("no /usr/share/ovmf/OVMF.fd (apt-get install ovmf)");
+    };
+    let out = Command::new(common::cvmm())
+        .args(["measure", "--mode", "tdx", "--ovmf", ovmf])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // tee's own tests check tdx_mrtd against the igvm crate's independent measurement.
+    let want = tee::measure::hex(
+        &tee::tdx_mrtd(&tee::Firmware::Ovmf { name: ovmf.into(), data }).unwrap(),
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), want);
+    let bad = Command::new(common::cvmm())
+        .args(["measure", "--mode", "tdx", "--ovmf", "/etc/hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
 }

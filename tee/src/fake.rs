@@ -29,6 +29,8 @@ pub struct Call {
     pub bytes: Vec<u8>,
     /// For `KVM_MEMORY_ENCRYPT_OP`: the `kvm_sev_cmd` as passed in.
     pub cmd: Option<KvmSevCmd>,
+    /// For TDX `KVM_MEMORY_ENCRYPT_OP`: the `kvm_tdx_cmd` as passed in.
+    pub tdx_cmd: Option<KvmTdxCmd>,
 }
 
 /// How the fake answers one `SNP_LAUNCH_UPDATE`.
@@ -56,6 +58,8 @@ pub struct RecordingOps {
     pub sev: Result<u32, i32>,
     /// Answers for successive LAUNCH_UPDATE calls; when empty, `Done`.
     pub updates: VecDeque<UpdateAnswer>,
+    /// The TDX module as the fake models it.
+    pub tdx: crate::fake_tdx::TdxFake,
 }
 
 impl Default for RecordingOps {
@@ -67,6 +71,7 @@ impl Default for RecordingOps {
             vmsa_features: None,
             sev: Err(libc::ENOENT),
             updates: VecDeque::new(),
+            tdx: Default::default(),
         }
     }
 }
@@ -90,12 +95,13 @@ impl RecordingOps {
         }
     }
 
-    fn record(&mut self, ioctl: &'static str, fd: FdKind, bytes: &[u8]) {
+    pub(crate) fn record(&mut self, ioctl: &'static str, fd: FdKind, bytes: &[u8]) {
         self.calls.push(Call {
             ioctl,
             fd,
             bytes: bytes.to_vec(),
             cmd: None,
+            tdx_cmd: None,
         });
     }
 
@@ -161,6 +167,7 @@ impl TeeOps for RecordingOps {
             fd: FdKind::Vm,
             bytes: data.to_vec(),
             cmd: Some(*cmd),
+            tdx_cmd: None,
         });
         if cmd.id != KVM_SEV_SNP_LAUNCH_UPDATE {
             return Ok(());
@@ -211,6 +218,24 @@ impl TeeOps for RecordingOps {
 
     fn create_vcpu(&mut self, id: u32) -> io::Result<()> {
         self.record("KVM_CREATE_VCPU", FdKind::Vm, &id.to_le_bytes());
+        Ok(())
+    }
+
+    fn tdx_vm_op(&mut self, cmd: &mut KvmTdxCmd, data: Option<&mut [u8]>) -> io::Result<()> {
+        crate::fake_tdx::vm_op(self, cmd, data)
+    }
+
+    fn tdx_vcpu_op(
+        &mut self,
+        id: u32,
+        cmd: &mut KvmTdxCmd,
+        data: Option<&mut [u8]>,
+    ) -> io::Result<()> {
+        crate::fake_tdx::vcpu_op(self, id, cmd, data)
+    }
+
+    fn set_cpuid2(&mut self, id: u32, entries: &[KvmCpuidEntry2]) -> io::Result<()> {
+        self.record("KVM_SET_CPUID2", FdKind::Vcpu(id), entries.as_bytes());
         Ok(())
     }
 

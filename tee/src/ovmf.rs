@@ -147,7 +147,7 @@ impl<'a> Ovmf<'a> {
     /// GUID has an empty table; a footer that is present but inconsistent is an error.
     pub fn parse(name: &str, data: &'a [u8]) -> Result<Self, TeeError> {
         let err = |reason: String| TeeError::ovmf(name, reason);
-        if data.is_empty() || data.len() % PAGE_SIZE != 0 {
+        if data.is_empty() || !data.len().is_multiple_of(PAGE_SIZE) {
             return Err(err(format!(
                 "length {:#x} is not a non-zero multiple of 4 KiB",
                 data.len()

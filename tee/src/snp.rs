@@ -41,6 +41,29 @@ pub trait TeeOps {
     fn create_vcpu(&mut self, id: u32) -> io::Result<()>;
     /// `KVM_SET_REGS/SREGS/FPU/XCRS/DEBUGREGS/MSRS(PAT)` for vCPU `id`.
     fn set_vcpu_regs(&mut self, id: u32, regs: &VcpuRegs) -> io::Result<()>;
+
+    /// TDX: `KVM_MEMORY_ENCRYPT_OP` with a `kvm_tdx_cmd` on the VM fd. With `data`, the
+    /// implementation points `cmd.data` at it (the kernel may update it); without, `cmd.data`
+    /// is passed as is. `cmd.hw_error` receives the TDX module status.
+    fn tdx_vm_op(&mut self, cmd: &mut KvmTdxCmd, data: Option<&mut [u8]>) -> io::Result<()> {
+        let _ = (cmd, data);
+        Err(io::Error::from_raw_os_error(libc::ENOTTY))
+    }
+    /// TDX: the same on vCPU `id`'s fd (`INIT_VCPU`, `INIT_MEM_REGION`, `GET_CPUID`).
+    fn tdx_vcpu_op(
+        &mut self,
+        id: u32,
+        cmd: &mut KvmTdxCmd,
+        data: Option<&mut [u8]>,
+    ) -> io::Result<()> {
+        let _ = (id, cmd, data);
+        Err(io::Error::from_raw_os_error(libc::ENOTTY))
+    }
+    /// `KVM_SET_CPUID2` on vCPU `id`.
+    fn set_cpuid2(&mut self, id: u32, entries: &[KvmCpuidEntry2]) -> io::Result<()> {
+        let _ = (id, entries);
+        Err(io::Error::from_raw_os_error(libc::ENOTTY))
+    }
 }
 
 /// One RAM region of the guest: its slot, guest range and shared (host) mapping.

@@ -196,6 +196,132 @@ pub struct KvmTdxInitMemRegion {
     pub nr_pages: u64,
 }
 
+/// `KVM_CAP_SPLIT_IRQCHIP`: TDX vCPUs need the local APIC in KVM and the IOAPIC in userspace.
+pub const KVM_CAP_SPLIT_IRQCHIP: u32 = 121;
+/// IOAPIC pins routed through the split irqchip (`args[0]` of the capability).
+pub const SPLIT_IRQCHIP_IOAPIC_PINS: u64 = 24;
+/// `kvm_cpuid_entry2.flags`: the entry depends on the sub-leaf index.
+pub const KVM_CPUID_FLAG_SIGNIFCANT_INDEX: u32 = 1;
+
+/// TDG.VP.VMCALL leaves that reach userspace as `KVM_EXIT_TDX` (`kvm_run.tdx.nr`).
+pub const TDVMCALL_GET_TD_VM_CALL_INFO: u64 = 0x10000;
+pub const TDVMCALL_MAP_GPA: u64 = 0x10001;
+pub const TDVMCALL_GET_QUOTE: u64 = 0x10002;
+pub const TDVMCALL_REPORT_FATAL_ERROR: u64 = 0x10003;
+pub const TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT: u64 = 0x10004;
+
+/// TDG.VP.VMCALL status codes userspace puts in `kvm_run.tdx.*.ret` (spec §2).
+pub const TDVMCALL_STATUS_SUCCESS: u64 = 0;
+pub const TDVMCALL_STATUS_RETRY: u64 = 1;
+pub const TDVMCALL_STATUS_INVALID_OPERAND: u64 = 0x8000_0000_0000_0000;
+pub const TDVMCALL_STATUS_ALIGN_ERROR: u64 = 0x8000_0000_0000_0002;
+pub const TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED: u64 = 0x8000_0000_0000_0003;
+/// GetTdVmCallInfo leaf 1, R11: SetupEventNotifyInterrupt is implemented by userspace.
+pub const TDVMCALLINFO_1_R11_SETUP_EVENT_NOTIFY: u64 = 1 << 1;
+
+/// `struct kvm_cpuid_entry2`.
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
+pub struct KvmCpuidEntry2 {
+    pub function: u32,
+    pub index: u32,
+    pub flags: u32,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+    pub padding: [u32; 3],
+}
+
+/// Fixed part of `struct kvm_tdx_capabilities`, up to and including the `kvm_cpuid2` header
+/// (`nent`, `padding`); `nent` × [`KvmCpuidEntry2`] follow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct KvmTdxCapabilities {
+    pub supported_attrs: u64,
+    pub supported_xfam: u64,
+    pub kernel_tdvmcallinfo_1_r11: u64,
+    pub user_tdvmcallinfo_1_r11: u64,
+    pub kernel_tdvmcallinfo_1_r12: u64,
+    pub user_tdvmcallinfo_1_r12: u64,
+    pub reserved: [u64; 250],
+    pub nent: u32,
+    pub padding: u32,
+}
+
+/// Fixed part of `struct kvm_tdx_init_vm`, up to and including the `kvm_cpuid2` header;
+/// `nent` × [`KvmCpuidEntry2`] follow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct KvmTdxInitVm {
+    pub attributes: u64,
+    pub xfam: u64,
+    pub mrconfigid: [u8; 48],
+    pub mrowner: [u8; 48],
+    pub mrownerconfig: [u8; 48],
+    pub reserved: [u64; 12],
+    pub nent: u32,
+    pub padding: u32,
+}
+
+/// `kvm_run.tdx` (exit reason `KVM_EXIT_TDX`), at offset 32 of `struct kvm_run`. The union
+/// members share `ret` at offset 16; `args` holds the rest of the member:
+/// get_quote {gpa, size}; get_tdvmcall_info {leaf, r11, r12, r13, r14};
+/// setup_event_notify {vector}; unknown {data[5]}.
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
+pub struct KvmRunTdx {
+    pub flags: u64,
+    pub nr: u64,
+    pub ret: u64,
+    pub args: [u64; 5],
+}
+
+/// Offset of the exit union (and so of [`KvmRunTdx`]) in `struct kvm_run`.
+pub const KVM_RUN_EXIT_UNION_OFFSET: usize = 32;
+
+/// Header of the GetQuote shared buffer (GHCI `TDG.VP.VMCALL<GetQuote>`); the TDREPORT (in)
+/// and the quote (out) follow it.
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
+pub struct TdxGetQuoteHeader {
+    pub structure_version: u64,
+    pub error_code: u64,
+    pub in_len: u32,
+    pub out_len: u32,
+}
+
+const _: () = {
+    assert!(size_of::<KvmCpuidEntry2>() == 40);
+    assert!(offset_of!(KvmCpuidEntry2, eax) == 12);
+    assert!(offset_of!(KvmCpuidEntry2, padding) == 28);
+    assert!(size_of::<KvmTdxCapabilities>() == 2048 + 8);
+    assert!(offset_of!(KvmTdxCapabilities, user_tdvmcallinfo_1_r12) == 40);
+    assert!(offset_of!(KvmTdxCapabilities, reserved) == 48);
+    assert!(offset_of!(KvmTdxCapabilities, nent) == 2048);
+    assert!(size_of::<KvmTdxInitVm>() == 256 + 8);
+    assert!(offset_of!(KvmTdxInitVm, mrconfigid) == 16);
+    assert!(offset_of!(KvmTdxInitVm, mrowner) == 64);
+    assert!(offset_of!(KvmTdxInitVm, mrownerconfig) == 112);
+    assert!(offset_of!(KvmTdxInitVm, reserved) == 160);
+    assert!(offset_of!(KvmTdxInitVm, nent) == 256);
+    assert!(size_of::<KvmRunTdx>() == 64);
+    assert!(offset_of!(KvmRunTdx, nr) == 8);
+    assert!(offset_of!(KvmRunTdx, ret) == 16);
+    assert!(offset_of!(KvmRunTdx, args) == 24);
+    assert!(size_of::<TdxGetQuoteHeader>() == 24);
+    assert!(offset_of!(TdxGetQuoteHeader, in_len) == 16);
+    assert!(offset_of!(TdxGetQuoteHeader, out_len) == 20);
+    assert!(offset_of!(KvmTdxCmd, data) == 8);
+    assert!(offset_of!(KvmTdxInitMemRegion, nr_pages) == 16);
+};
+
 const _: () = {
     assert!(size_of::<KvmSevCmd>() == 24);
     assert!(offset_of!(KvmSevCmd, data) == 8);

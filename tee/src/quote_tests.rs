@@ -1,0 +1,261 @@
+//! Tests of the GetQuote path: QGS address parsing, the QGS message framing, forwarding to a
+//! fake QGS over unix and tcp, and the guest-buffer protocol (statuses, in-flight marker,
+//! quote written back) of [`QuoteService`].
+
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::sync::mpsc;
+use std::thread;
+
+use zerocopy::FromBytes;
+
+use super::*;
+use crate::tdx_testutil::{fake_qgs_serve, fake_quote, qgs_response, VecMem};
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn qgs_addresses_parse() {
+    assert_eq!(QgsAddr::default(), QgsAddr::Vsock { cid: 2, port: 4050 });
+    assert_eq!(
+        "vsock:2:4050".parse::<QgsAddr>().unwrap(),
+        QgsAddr::default()
+    );
+    assert_eq!(
+        "vsock:4051".parse::<QgsAddr>().unwrap(),
+        QgsAddr::Vsock { cid: 2, port: 4051 }
+    );
+    assert_eq!(
+        "unix:/run/qgs.sock".parse::<QgsAddr>().unwrap(),
+        QgsAddr::Unix("/run/qgs.sock".into())
+    );
+    assert_eq!(
+        "tcp:127.0.0.1:4050".parse::<QgsAddr>().unwrap(),
+        QgsAddr::Tcp("127.0.0.1:4050".into())
+    );
+    assert_eq!(
+        "tcp:[::1]:9".parse::<QgsAddr>().unwrap().to_string(),
+        "tcp:[::1]:9"
+    );
+    for bad in [
+        "",
+        "vsock:x:1",
+        "tcp:host",
+        "tcp::80",
+        "tcp:h:99999",
+        "unix:",
+        "http://x",
+    ] {
+        let e = bad.parse::<QgsAddr>().unwrap_err().to_string();
+        assert!(
+            e.contains("QGS address") && e.contains(&format!("{bad:?}")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn request_framing_is_length_prefixed_qgs_message() {
+    let m = encode_request(&[0xaa; 1024]);
+    assert_eq!(&m[..4], &(24u32 + 1024).to_be_bytes());
+    assert_eq!(&m[4..8], &[1, 0, 1, 0]);
+    assert_eq!(&m[8..12], &0u32.to_le_bytes());
+    assert_eq!(&m[12..16], &1048u32.to_le_bytes());
+    assert_eq!(&m[20..24], &1024u32.to_le_bytes());
+    assert_eq!(&m[24..28], &0u32.to_le_bytes());
+    assert_eq!(m.len(), 4 + 24 + 1024);
+}
+
+#[test]
+fn responses_are_checked() {
+    let ok = qgs_response(b"quote!");
+    assert_eq!(decode_response(&ok[4..]).unwrap(), b"quote!");
+    let patch = |at: usize, v: u8| {
+        let mut m = ok[4..].to_vec();
+        m[at] = v;
+        decode_response(&m).unwrap_err()
+    };
+    assert!(patch(0, 2).contains("version 2.1"));
+    assert!(patch(4, 0).contains("message type 0"));
+    assert!(patch(12, 5).contains("error code 0x5"));
+    assert!(patch(20, 99).contains("sizes disagree"));
+    assert!(patch(16, 1).contains("sizes disagree"));
+    assert!(decode_response(&ok[4..20]).unwrap_err().contains("shorter"));
+}
+
+#[test]
+fn quote_over_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qgs.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let server = thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        fake_qgs_serve(s, tx, None, |r| qgs_response(&fake_quote(r)));
+    });
+    let report: Vec<u8> = (0..1024u32).map(|i| i as u8).collect();
+    let q = request_quote(&QgsAddr::Unix(path), &report, 8192, T).unwrap();
+    assert_eq!(q, fake_quote(&report));
+    assert_eq!(rx.recv().unwrap(), report);
+    server.join().unwrap();
+}
+
+#[test]
+fn quote_over_tcp() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = QgsAddr::Tcp(listener.local_addr().unwrap().to_string());
+    let (tx, _rx) = mpsc::channel();
+    let server = thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        fake_qgs_serve(s, tx, None, |r| qgs_response(&fake_quote(r)));
+    });
+    assert_eq!(
+        request_quote(&addr, b"rep", 100, T).unwrap(),
+        fake_quote(b"rep")
+    );
+    server.join().unwrap();
+}
+
+#[test]
+fn unreachable_qgs_is_unavailable_and_oversized_quote_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = request_quote(&QgsAddr::Unix(dir.path().join("none")), b"r", 100, T).unwrap_err();
+    assert_eq!(e.status(), GET_QUOTE_QGS_UNAVAILABLE);
+    assert!(e.to_string().contains("none"), "{e}");
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = QgsAddr::Tcp(listener.local_addr().unwrap().to_string());
+    let (tx, _rx) = mpsc::channel();
+    let server = thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        fake_qgs_serve(s, tx, None, |_| qgs_response(&[0; 200]));
+    });
+    let e = request_quote(&addr, b"r", 100, T).unwrap_err();
+    assert_eq!(e.status(), GET_QUOTE_ERROR);
+    assert!(e.to_string().contains("length prefix 224"), "{e}");
+    server.join().unwrap();
+}
+
+const BUF: u64 = 0x7000_0000;
+
+fn guest_buffer(mem: &VecMem, version: u64, report: &[u8]) {
+    let h = TdxGetQuoteHeader {
+        structure_version: version,
+        error_code: 0,
+        in_len: report.len() as u32,
+        out_len: 0,
+    };
+    mem.write(BUF, h.as_bytes()).unwrap();
+    mem.write(BUF + 24, report).unwrap();
+}
+
+fn header(mem: &VecMem) -> TdxGetQuoteHeader {
+    TdxGetQuoteHeader::read_from_bytes(&mem.bytes(BUF, 24)).unwrap()
+}
+
+#[test]
+fn bad_requests_get_the_right_tdvmcall_status() {
+    let mem: Arc<dyn SharedMemory> = Arc::new(VecMem::new(BUF, 0x4000));
+    let svc = QuoteService::new(None, T);
+    let call = |gpa, size| svc.get_quote(mem.clone(), gpa, size, Box::new(|| ()));
+    assert_eq!(call(BUF, 0), TDVMCALL_STATUS_INVALID_OPERAND);
+    assert_eq!(call(BUF + 8, 0x1000), TDVMCALL_STATUS_ALIGN_ERROR);
+    assert_eq!(call(BUF, 0x1800), TDVMCALL_STATUS_ALIGN_ERROR);
+    assert_eq!(call(BUF, 0x40000), TDVMCALL_STATUS_INVALID_OPERAND);
+    assert_eq!(call(BUF + 0x10000, 0x1000), TDVMCALL_STATUS_INVALID_OPERAND); // unreadable
+    let vm = VecMem::new(BUF, 0x1000);
+    guest_buffer(&vm, 2, &[1; 16]);
+    let vm: Arc<dyn SharedMemory> = Arc::new(vm);
+    assert_eq!(
+        svc.get_quote(vm.clone(), BUF, 0x1000, Box::new(|| ())),
+        TDVMCALL_STATUS_INVALID_OPERAND
+    );
+    assert_eq!(
+        parse_get_quote(BUF, &{
+            let mut b = vec![0u8; 0x1000];
+            b[0] = 1;
+            b[16..20].copy_from_slice(&0x1000u32.to_le_bytes()); // in_len > capacity
+            b
+        }),
+        Err(TDVMCALL_STATUS_INVALID_OPERAND)
+    );
+}
+
+#[test]
+fn without_a_qgs_the_buffer_says_unavailable() {
+    let mem = Arc::new(VecMem::new(BUF, 0x1000));
+    guest_buffer(&mem, 1, &[9; 64]);
+    let svc = QuoteService::new(None, T);
+    let ret = svc.get_quote(
+        mem.clone(),
+        BUF,
+        0x1000,
+        Box::new(|| panic!("no completion")),
+    );
+    assert_eq!(ret, TDVMCALL_STATUS_SUCCESS);
+    assert_eq!(header(&mem).error_code, GET_QUOTE_QGS_UNAVAILABLE);
+}
+
+#[test]
+fn quote_is_written_back_after_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qgs.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let (got_tx, got_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let server = thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        fake_qgs_serve(s, got_tx, Some(release_rx), |r| {
+            qgs_response(&fake_quote(r))
+        });
+    });
+    let mem = Arc::new(VecMem::new(BUF, 0x2000));
+    let report: Vec<u8> = (0..1024u32).map(|i| (i * 3) as u8).collect();
+    guest_buffer(&mem, 1, &report);
+    let svc = QuoteService::new(Some(QgsAddr::Unix(path)), T);
+    let (done_tx, done_rx) = mpsc::channel();
+    let ret = svc.get_quote(
+        mem.clone(),
+        BUF,
+        0x2000,
+        Box::new(move || done_tx.send(()).unwrap()),
+    );
+    assert_eq!(ret, TDVMCALL_STATUS_SUCCESS);
+    assert_eq!(got_rx.recv().unwrap(), report);
+    // The QGS has the report but has not answered: the guest sees IN_FLIGHT.
+    assert_eq!(header(&mem).error_code, GET_QUOTE_IN_FLIGHT);
+    release_tx.send(()).unwrap();
+    done_rx.recv_timeout(T).unwrap();
+    let h = header(&mem);
+    let quote = fake_quote(&report);
+    assert_eq!(
+        (h.error_code, h.out_len as usize, h.in_len),
+        (GET_QUOTE_SUCCESS, quote.len(), 1024)
+    );
+    assert_eq!(mem.bytes(BUF + 24, quote.len()), quote);
+    server.join().unwrap();
+}
+
+#[test]
+fn qgs_that_hangs_up_gives_error_status() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = QgsAddr::Tcp(listener.local_addr().unwrap().to_string());
+    let server = thread::spawn(move || drop(listener.accept().unwrap()));
+    let mem = Arc::new(VecMem::new(BUF, 0x1000));
+    guest_buffer(&mem, 1, &[5; 32]);
+    let (done_tx, done_rx) = mpsc::channel();
+    let svc = QuoteService::new(Some(addr), T);
+    let ret = svc.get_quote(
+        mem.clone(),
+        BUF,
+        0x1000,
+        Box::new(move || done_tx.send(()).unwrap()),
+    );
+    assert_eq!(ret, TDVMCALL_STATUS_SUCCESS);
+    done_rx.recv_timeout(T).unwrap();
+    assert_eq!(
+        (header(&mem).error_code, header(&mem).out_len),
+        (GET_QUOTE_ERROR, 0)
+    );
+    server.join().unwrap();
+}
