@@ -39,11 +39,19 @@ fn start_manager(extra: &[(&str, String)]) -> Manager {
     let state =
         std::env::temp_dir().join(format!("cvmm-mgr-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&state).unwrap();
-    let (grpc, http) = (free_port(), free_port());
+    start_manager_in(state, free_port(), free_port(), free_port(), extra)
+}
+
+fn start_manager_in(
+    state: PathBuf,
+    grpc: u16,
+    http: u16,
+    fwd: u16,
+    extra: &[(&str, String)],
+) -> Manager {
     // The probe ignores its initrd; the manager always passes one, as the Go manager does.
     let initrd = state.join("initrd.img");
     std::fs::write(&initrd, vec![0u8; 4096]).unwrap();
-    let fwd = free_port();
     let mut cmd = Command::new(cvmm());
     cmd.arg("manager")
         .env("MANAGER_GRPC_HOST", "127.0.0.1")
@@ -230,4 +238,199 @@ fn a_vm_whose_guest_powers_off_is_reaped() {
         let exits = metric(m.http, "manager_vm_exits_total").unwrap_or(0.0);
         assert!(exits >= 1.0, "exit counted: {exits}");
     });
+}
+
+fn get_over_port(port: u16, req: &str, limit: Duration) -> Option<String> {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+            if s.write_all(req.as_bytes()).is_ok() {
+                let mut out = String::new();
+                if s.read_to_string(&mut out).is_ok() && !out.is_empty() {
+                    return Some(out);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn the_forwarded_port_answers_with_the_guests_reading_of_its_id() {
+    if !kvm_available("tier B manager") {
+        return;
+    }
+    let m = start_manager(&[(
+        "MANAGER_QEMU_KERNEL_CMDLINE",
+        "probe.net=dhcp probe.exit=halt".into(),
+    )]);
+    rt().block_on(async {
+        let mut c = ManagerServiceClient::connect(format!("http://127.0.0.1:{}", m.grpc))
+            .await
+            .unwrap();
+        let res = c
+            .create_vm(CreateReq {
+                agent_log_level: "debug".into(),
+                agent_cvm_server_url: "10.0.2.2:7001".into(),
+                ttl: "5m".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let port: u16 = res.forwarded_port.parse().unwrap();
+        let env = tokio::task::spawn_blocking(move || {
+            get_over_port(port, "GET env_share/environment\n", Duration::from_secs(60))
+        })
+        .await
+        .unwrap()
+        .expect("guest answered on the forwarded port");
+        assert!(
+            env.lines()
+                .any(|l| l == format!("AGENT_CVM_ID={}", res.cvm_id)),
+            "{env}"
+        );
+        assert!(env.contains("AGENT_LOG_LEVEL=debug"), "{env}");
+        assert!(env.contains("AGENT_CVM_GRPC_URL=10.0.2.2:7001"), "{env}");
+        c.remove_vm(RemoveReq { cvm_id: res.cvm_id }).await.unwrap();
+    });
+}
+
+#[test]
+fn max_vms_bad_fields_and_concurrent_creates() {
+    if !kvm_available("tier B manager") {
+        return;
+    }
+    let m = start_manager(&[
+        ("MANAGER_QEMU_KERNEL_CMDLINE", "probe.exit=halt".into()),
+        ("MANAGER_MAX_VMS", "3".into()),
+    ]);
+    rt().block_on(async {
+        let c = ManagerServiceClient::connect(format!("http://127.0.0.1:{}", m.grpc))
+            .await
+            .unwrap();
+        // Bad input: nothing started.
+        for bad in [
+            CreateReq {
+                ttl: "10 minutes".into(),
+                ..Default::default()
+            },
+            CreateReq {
+                agent_log_level: "info\r\nX=1".into(),
+                ..Default::default()
+            },
+            CreateReq {
+                agent_cvm_server_url: "a\nb".into(),
+                ..Default::default()
+            },
+        ] {
+            let e = c.clone().create_vm(bad).await.unwrap_err();
+            assert!(!e.message().is_empty());
+        }
+        assert_eq!(
+            std::fs::read_dir(&m.state)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().is_dir())
+                .count(),
+            0
+        );
+        // Three concurrent creates all succeed with distinct ports; the fourth hits the cap.
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            let mut c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                c.create_vm(CreateReq {
+                    ttl: "5m".into(),
+                    ..Default::default()
+                })
+                .await
+            }));
+        }
+        let mut ports = Vec::new();
+        let mut ids = Vec::new();
+        for t in tasks {
+            let r = t.await.unwrap().unwrap().into_inner();
+            ports.push(r.forwarded_port);
+            ids.push(r.cvm_id);
+        }
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), 3, "distinct ports");
+        let e = c
+            .clone()
+            .create_vm(CreateReq {
+                ttl: "5m".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            e.message().contains("maximum number of VMs exceeded"),
+            "{}",
+            e.message()
+        );
+        let pids: Vec<i32> = ids.iter().map(|id| vm_pid(&m.state, id)).collect();
+        for id in ids {
+            c.clone().remove_vm(RemoveReq { cvm_id: id }).await.unwrap();
+        }
+        for pid in pids {
+            assert!(wait_for(Duration::from_secs(10), || !pid_alive(pid)));
+        }
+    });
+}
+
+#[test]
+fn a_restarted_manager_re_adopts_running_vms() {
+    if !kvm_available("tier B manager") {
+        return;
+    }
+    let extra = [(
+        "MANAGER_QEMU_KERNEL_CMDLINE",
+        "probe.net=dhcp probe.exit=halt".to_string(),
+    )];
+    let mut m = start_manager(&extra);
+    let (grpc, http, state) = (m.grpc, m.http, m.state.clone());
+    let fwd = free_port();
+    let r = rt().block_on(async {
+        let mut c = ManagerServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+            .await
+            .unwrap();
+        c.create_vm(CreateReq {
+            ttl: "5m".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+    });
+    let pid = vm_pid(&state, &r.cvm_id);
+    // kill -9 the manager: the VM keeps running.
+    m.child.kill().unwrap();
+    m.child.wait().unwrap();
+    std::mem::forget(m); // keep the state directory for the next manager
+    assert!(pid_alive(pid));
+    let port: u16 = r.forwarded_port.parse().unwrap();
+    assert!(
+        get_over_port(port, "ECHO still here\n", Duration::from_secs(60))
+            .is_some_and(|s| s == "still here\n")
+    );
+    let m2 = start_manager_in(state.clone(), grpc, http, fwd, &extra);
+    rt().block_on(async {
+        let mut c = ManagerServiceClient::connect(format!("http://127.0.0.1:{}", m2.grpc))
+            .await
+            .unwrap();
+        c.remove_vm(RemoveReq {
+            cvm_id: r.cvm_id.clone(),
+        })
+        .await
+        .unwrap();
+    });
+    assert!(
+        wait_for(Duration::from_secs(10), || !pid_alive(pid)),
+        "re-adopted VM not stopped"
+    );
+    assert!(!state.join(&r.cvm_id).exists());
 }
