@@ -84,10 +84,18 @@ fn tdx_mrtd_of_debian_ovmf_matches_the_library_oracle_checked_value() {
         .args(["measure", "--mode", "tdx", "--ovmf", ovmf])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // tee's own tests check tdx_mrtd against the igvm crate's independent measurement.
     let want = tee::measure::hex(
-        &tee::tdx_mrtd(&tee::Firmware::Ovmf { name: ovmf.into(), data }).unwrap(),
+        &tee::tdx_mrtd(&tee::Firmware::Ovmf {
+            name: ovmf.into(),
+            data,
+        })
+        .unwrap(),
     );
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), want);
     let bad = Command::new(common::cvmm())

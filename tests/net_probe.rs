@@ -214,7 +214,10 @@ fn a_1_mib_file_from_certs_share_arrives_byte_identical() {
     args.extend(["--forward".into(), format!("tcp:127.0.0.1:{port}-:7002")]);
     args.extend(["--share".into(), format!("certs_share={}", dir.display())]);
     let child = spawn(&args);
-    assert_eq!(request(port, "GET certs_share/environment\n"), "AGENT_LOG_LEVEL=debug\n");
+    assert_eq!(
+        request(port, "GET certs_share/environment\n"),
+        "AGENT_LOG_LEVEL=debug\n"
+    );
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     s.write_all(b"GET certs_share/ca.pem\n").unwrap();

@@ -16,8 +16,8 @@ mod sys;
 mod tcp;
 mod udp;
 mod usernet;
-mod wire;
 pub mod virtio;
+mod wire;
 
 pub use config::{
     dns_from_resolv_conf, parse_hostfwd, parse_resolv_conf, HostFwd, Limits, PortForward,
