@@ -66,6 +66,19 @@ fn dsdt() -> Sdt {
         vec![&com1_name_hid, &com1_name_uid, &com1_name_crs],
     );
 
+    // The CMOS RTC, so Linux's rtc_cmos binds through PNP (no alarm interrupt is wired).
+    let rtc_hid = aml::EISAName::new("PNP0B00");
+    let rtc_io = aml::IO::new(0x70, 0x70, 1, 2);
+    let rtc_crs = aml::ResourceTemplate::new(vec![&rtc_io]);
+    let rtc_names = [
+        aml::Name::new("_HID".into(), &rtc_hid),
+        aml::Name::new("_CRS".into(), &rtc_crs),
+    ];
+    let rtc = aml::Device::new(
+        "RTC_".into(),
+        rtc_names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+
     let pvp_hid: &'static str = "QEMU0001";
     let pvp_io = aml::IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1);
     let pvp_crs = aml::ResourceTemplate::new(vec![&pvp_io]);
@@ -120,7 +133,7 @@ fn dsdt() -> Sdt {
         mb_names.iter().map(|n| n as &dyn Aml).collect(),
     );
 
-    aml::Scope::new("\\_SB_".into(), vec![&com1, &pvpanic, &pci0, &mbrd]).to_aml_bytes(&mut body);
+    aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &pvpanic, &pci0, &mbrd]).to_aml_bytes(&mut body);
 
     let mut t = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE, 1);
     t.append_slice(&body);
