@@ -133,7 +133,8 @@ fn dsdt() -> Sdt {
         mb_names.iter().map(|n| n as &dyn Aml).collect(),
     );
 
-    aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &pvpanic, &pci0, &mbrd]).to_aml_bytes(&mut body);
+    aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &pvpanic, &pci0, &mbrd])
+        .to_aml_bytes(&mut body);
 
     let mut t = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE, 1);
     t.append_slice(&body);
