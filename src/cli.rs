@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vmm::spec::{ForwardSpec, SerialSpec, ShareSpec, VmSpec};
+use vmm::spec::{ForwardSpec, SerialSpec, ShareSpec, TeeMode, VmSpec};
 use vmm::timeline::Timeline;
 
 /// Exit status for bad input.
@@ -27,7 +27,7 @@ enum Command {
     Run(RunArgs),
     /// Serve the Cocos manager gRPC API (configured by MANAGER_* variables) and run its VMs.
     Manager,
-    /// Print the expected launch measurement (SNP launch digest) offline, as one hex line.
+    /// Print the expected launch measurement (SNP digest or TDX MRTD) offline, in hex or base64.
     Measure(MeasureArgs),
     /// (internal) Run one VM described by a JSON VmSpec; used by `cvmm manager`.
     Vm {
@@ -40,8 +40,14 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Kernel: a bzImage, or an ELF vmlinux with a PVH note.
+    #[arg(long, required_unless_present = "igvm", conflicts_with = "igvm")]
+    kernel: Option<PathBuf>,
+    /// IGVM file to boot instead of a kernel (native platform on plain KVM; SNP with --tee).
     #[arg(long)]
-    kernel: PathBuf,
+    igvm: Option<PathBuf>,
+    /// Launch path: none (plain KVM), auto (the strongest the host supports), snp or tdx.
+    #[arg(long, default_value = "none")]
+    tee: String,
     /// Initial ramdisk.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -110,6 +116,9 @@ struct MeasureArgs {
     /// Precomputed OVMF hash (96 hex digits) to start from.
     #[arg(long = "snp-ovmf-hash")]
     ovmf_hash: Option<String>,
+    /// How the measurement is printed: hex (lower case) or base64.
+    #[arg(long = "output-format", default_value = "hex")]
+    output_format: String,
 }
 
 fn read_input(what: &str, p: &std::path::Path) -> anyhow::Result<Vec<u8>> {
@@ -123,7 +132,38 @@ fn parse_u64(s: &str) -> Option<u64> {
     }
 }
 
+/// Standard base64 (RFC 4648, with padding).
+pub fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[((n >> (18 - 6 * i)) & 0x3f) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn measure(a: MeasureArgs) -> anyhow::Result<String> {
+    let format: fn(&[u8]) -> String = match a.output_format.as_str() {
+        "hex" => tee::measure::hex,
+        "base64" => base64,
+        other => anyhow::bail!("--output-format '{other}': supported: hex, base64"),
+    };
+    Ok(format(&measure_bytes(a)?))
+}
+
+fn measure_bytes(a: MeasureArgs) -> anyhow::Result<Vec<u8>> {
     if a.mode != "snp" && a.mode != "tdx" {
         anyhow::bail!("--mode '{}': supported: snp, tdx", a.mode);
     }
@@ -142,7 +182,7 @@ fn measure(a: MeasureArgs) -> anyhow::Result<String> {
         if a.kernel.is_some() || a.ovmf_hash.is_some() {
             anyhow::bail!("--mode tdx measures the firmware (TDVF or IGVM) only");
         }
-        return Ok(tee::measure::hex(&tee::tdx_mrtd(&firmware)?));
+        return Ok(tee::tdx_mrtd(&firmware)?.to_vec());
     }
     let ovmf_hash = match &a.ovmf_hash {
         None => None,
@@ -176,7 +216,7 @@ fn measure(a: MeasureArgs) -> anyhow::Result<String> {
             .with_context(|| format!("--guest-features '{}': not a number", a.guest_features))?,
         ovmf_hash,
     };
-    Ok(tee::measure::hex(&tee::snp_digest(&inputs)?))
+    Ok(tee::snp_digest(&inputs)?.to_vec())
 }
 
 /// Parses a QEMU-style size into MiB: `512M`, `2G`, `1T`, `524288K`, `1.5G`; bare = MiB.
@@ -224,6 +264,16 @@ fn parse_serial(s: &str) -> Result<SerialSpec, String> {
     }
 }
 
+fn parse_tee(s: &str) -> Result<TeeMode, String> {
+    match s {
+        "none" => Ok(TeeMode::None),
+        "auto" => Ok(TeeMode::Auto),
+        "snp" => Ok(TeeMode::Snp),
+        "tdx" => Ok(TeeMode::Tdx),
+        _ => Err(format!("--tee '{s}': expected auto, none, snp or tdx")),
+    }
+}
+
 fn parse_smp(s: &str) -> Result<u32, String> {
     let n: u32 = s
         .trim()
@@ -261,7 +311,9 @@ impl RunArgs {
             forwards,
             shares,
             net,
-            kernel: Some(self.kernel),
+            kernel: self.kernel,
+            igvm: self.igvm,
+            tee: parse_tee(&self.tee)?,
             initrd: self.initrd,
             cmdline: self.append,
             vcpus: parse_smp(&self.smp)?,
@@ -352,8 +404,43 @@ fn load_spec(path: &std::path::Path) -> anyhow::Result<VmSpec> {
     serde_json::from_str(&text).with_context(|| format!("bad VM spec '{}'", path.display()))
 }
 
+/// The QEMU personality: `qemu-system-x86_64 ARGS` (through a symlink) or `cvmm qemu ARGS`.
+fn qemu_personality() -> Option<Vec<String>> {
+    let mut args = std::env::args();
+    let argv0 = args.next()?;
+    let name = std::path::Path::new(&argv0)
+        .file_name()?
+        .to_string_lossy()
+        .into_owned();
+    if name == "qemu-system-x86_64" {
+        return Some(args.collect());
+    }
+    let rest: Vec<String> = args.collect();
+    (rest.first().map(String::as_str) == Some("qemu")).then(|| rest[1..].to_vec())
+}
+
+fn run_qemu(args: Vec<String>, timeline: Timeline) -> ExitCode {
+    match vmm::qemu_args::parse_qemu_args(args) {
+        Ok(inv) => {
+            for opt in &inv.ignored {
+                tracing::info!(option = %opt, "QEMU option has no meaning for cvmm; ignored");
+            }
+            timeline.mark("args_parsed");
+            run_vm(inv.spec, timeline)
+        }
+        Err(e) => {
+            eprintln!("{}", e.report_line());
+            ExitCode::from(e.exit_status())
+        }
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    if let Some(args) = qemu_personality() {
+        init_logging();
+        return run_qemu(args, Timeline::new());
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -431,5 +518,32 @@ mod tests {
         assert_eq!(parse_smp("4"), Ok(4));
         assert!(parse_smp("0").unwrap_err().contains("--smp 0"));
         assert!(parse_smp("-1").is_err());
+    }
+
+    #[test]
+    fn tee_values() {
+        assert_eq!(parse_tee("none"), Ok(TeeMode::None));
+        assert_eq!(parse_tee("auto"), Ok(TeeMode::Auto));
+        assert_eq!(parse_tee("snp"), Ok(TeeMode::Snp));
+        assert_eq!(parse_tee("tdx"), Ok(TeeMode::Tdx));
+        assert!(parse_tee("sev").unwrap_err().contains("'sev'"));
+    }
+
+    #[test]
+    fn base64_follows_rfc4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, want) in cases {
+            assert_eq!(base64(plain.as_bytes()), want, "{plain:?}");
+        }
+        assert_eq!(base64(&[0xfb, 0xff, 0xbf]), "+/+/");
+        assert_eq!(base64(&[0u8; 48]).len(), 64);
     }
 }

@@ -14,7 +14,11 @@ fn expect_input_error(args: &[&str], needles: &[&str]) {
     for n in needles {
         assert!(r.stderr.contains(n), "{args:?}: '{n}' not in: {}", r.stderr);
     }
-    assert!(r.stdout.is_empty(), "no guest output expected: {}", r.stdout);
+    assert!(
+        r.stdout.is_empty(),
+        "no guest output expected: {}",
+        r.stdout
+    );
 }
 
 fn tmpfile(name: &str, len: u64, content: &[u8]) -> std::path::PathBuf {
@@ -74,7 +78,15 @@ fn bad_kernels_initrds_and_limits() {
     let ks = k.to_str().unwrap();
     let big = tmpfile("initrd", 200 << 20, b"");
     expect_input_error(
-        &["run", "--kernel", ks, "--memory", "64M", "--initrd", big.to_str().unwrap()],
+        &[
+            "run",
+            "--kernel",
+            ks,
+            "--memory",
+            "64M",
+            "--initrd",
+            big.to_str().unwrap(),
+        ],
         &[big.to_str().unwrap(), "does not fit in guest memory"],
     );
     expect_input_error(

@@ -35,7 +35,13 @@ fn pvh_and_bzimage_boot_with_one_and_four_vcpus() {
     for kind in ["pvh", "bzimage"] {
         for smp in ["1", "4"] {
             let r = boot(kind, smp, "probe.exit=poweroff", &[]);
-            assert_eq!(r.code, Some(0), "{kind} smp {smp}: {}\n{}", r.stdout, r.stderr);
+            assert_eq!(
+                r.code,
+                Some(0),
+                "{kind} smp {smp}: {}\n{}",
+                r.stdout,
+                r.stderr
+            );
             let proto = if kind == "pvh" { "pvh" } else { "linux" };
             assert_eq!(field(&r.stdout, "proto"), Some(proto), "{}", r.stdout);
             assert_eq!(field(&r.stdout, "cpus"), Some(smp), "{}", r.stdout);
@@ -120,10 +126,18 @@ fn each_guest_ending_has_its_own_exit_status() {
         ("triplefault", 4, "triple-faulted"),
         ("panic", 5, "panicked"),
     ] {
-        let r = boot("bzimage", "1", &format!("probe.exit={how}"), &["--serial", "none"]);
+        let r = boot(
+            "bzimage",
+            "1",
+            &format!("probe.exit={how}"),
+            &["--serial", "none"],
+        );
         assert_eq!(r.code, Some(code), "{how}: {}", r.stderr);
         let last = r.stderr.lines().last().unwrap_or_default();
-        assert!(last.starts_with("cvmm: ") && last.contains(msg), "{how}: {last}");
+        assert!(
+            last.starts_with("cvmm: ") && last.contains(msg),
+            "{how}: {last}"
+        );
     }
 }
 
@@ -134,7 +148,13 @@ fn sigterm_stops_a_running_guest() {
     }
     let k = probe("pvh");
     let child = std::process::Command::new(cvmm())
-        .args(["run", "--kernel", k.to_str().unwrap(), "--append", "probe.exit=halt"])
+        .args([
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--append",
+            "probe.exit=halt",
+        ])
         .args(["--serial", "none", "--memory", "64M"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -154,7 +174,12 @@ fn serial_to_file_and_none() {
         return;
     }
     let path = std::env::temp_dir().join(format!("cvmm-serial-{}.log", std::process::id()));
-    let r = boot("pvh", "1", "", &["--serial", &format!("file:{}", path.display())]);
+    let r = boot(
+        "pvh",
+        "1",
+        "",
+        &["--serial", &format!("file:{}", path.display())],
+    );
     assert_eq!(r.code, Some(0));
     assert!(!r.stdout.contains("cvmm-probe"));
     let log = std::fs::read_to_string(&path).unwrap();

@@ -39,7 +39,10 @@ pub fn probe_dir() -> &'static Path {
         let status = Command::new("sh")
             .arg(root.join("tests/probe-guest/build.sh"))
             .arg(&out)
-            .env("CARGO_TARGET_DIR", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("probe-target"))
+            .env(
+                "CARGO_TARGET_DIR",
+                PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("probe-target"),
+            )
             .status()
             .expect("run tests/probe-guest/build.sh");
         assert!(status.success(), "building the probe guest failed");

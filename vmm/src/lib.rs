@@ -11,6 +11,7 @@ pub mod error;
 pub mod irq;
 pub mod layout;
 pub mod memory;
+pub mod qemu_args;
 pub mod regs;
 pub mod spec;
 pub mod timeline;
