@@ -14,6 +14,9 @@ echo "== cargo test"
 mkdir -p build
 cargo test --workspace
 
+echo "== independent Python gRPC client"
+bash tests/python/run.sh
+
 if [[ -x tests/rig/run-tier-c.sh ]]; then
   echo "== tier C: nested rig"
   tests/rig/run-tier-c.sh

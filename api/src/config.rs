@@ -3,7 +3,8 @@
 //! error naming the variable; QEMU-only variables are collected so `serve` can log them once.
 
 use crate::duration::parse_go_duration;
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -201,11 +202,13 @@ const OTHER_IGNORED: &[&str] = &[
     "MANAGER_PCR_VALUES",
 ];
 
-struct Vars(HashMap<String, String>);
+/// The variables, and the names looked up (for [`ManagerConfig::variables_read`]).
+struct Vars(HashMap<String, String>, RefCell<BTreeSet<String>>);
 
 impl Vars {
     /// The value if set and non-empty (the Go env library treats empty as unset).
     fn get(&self, var: &str) -> Option<&str> {
+        self.1.borrow_mut().insert(var.to_string());
         self.0
             .get(var)
             .map(String::as_str)
@@ -302,11 +305,24 @@ impl ManagerConfig {
         K: Into<String>,
         V: Into<String>,
     {
-        let v = Vars(
+        Self::read(&Vars(
             vars.into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
-        );
+            RefCell::default(),
+        ))
+    }
+
+    /// Every variable name the configuration looks up (with none set, every lookup happens),
+    /// sorted; `deploy/manager.env.example` is checked against it.
+    pub fn variables_read() -> Vec<String> {
+        let v = Vars(HashMap::new(), RefCell::default());
+        // The defaults are valid, so this cannot fail; the names are recorded either way.
+        let _ = Self::read(&v);
+        v.1.into_inner().into_iter().collect()
+    }
+
+    fn read(v: &Vars) -> Result<Self, ConfigError> {
         let q = |name: &str| format!("MANAGER_QEMU_{name}");
 
         let mem_var = q("MEMORY_SIZE");
@@ -378,7 +394,7 @@ impl ManagerConfig {
             host_fwd_range,
         };
 
-        let grpc_tls = tls_config(&v)?;
+        let grpc_tls = tls_config(v)?;
         for var in ["MANAGER_HTTP_SERVER_CERT", "MANAGER_HTTP_SERVER_KEY"] {
             if let Some(val) = v.get(var) {
                 return Err(invalid(

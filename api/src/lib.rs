@@ -1,15 +1,17 @@
 //! The control plane of cvmm: the Cocos `ManagerService` gRPC API (tonic), its configuration
 //! from `MANAGER_*` variables, the VM registry, the host-port allocator, the supervisor of VM
-//! processes, `/health` and `/metrics`.
+//! processes, the AttestationPolicy CoRIM, `/health` and `/metrics`.
 //!
 //! `cvmm manager` calls [`ManagerConfig::from_env`] and then [`serve`].
 
 pub mod config;
+pub mod corim;
 pub mod duration;
 pub mod host;
 pub mod http;
 pub mod manager;
 pub mod metrics;
+pub mod policy;
 pub mod process;
 pub mod request;
 pub mod server;

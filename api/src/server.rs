@@ -4,6 +4,7 @@
 use crate::config::{ManagerConfig, TlsConfig};
 use crate::manager::Manager;
 use crate::pb::manager_service_server::ManagerServiceServer;
+use crate::policy::PolicyMaker;
 use crate::service::Service;
 use crate::{host, http, state};
 use std::future::Future;
@@ -95,6 +96,9 @@ pub async fn serve_on(
     http: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ApiError> {
+    // The signing key is checked before anything else so a bad one stops start-up at once.
+    let tee = host::resolve(config.tee);
+    let policy = PolicyMaker::new(&config, tee)?;
     for var in &config.ignored_vars {
         tracing::info!(variable = %var, "variable has no meaning for cvmm and is ignored");
     }
@@ -110,8 +114,8 @@ pub async fn serve_on(
     let tls = config.grpc_tls.as_ref().map(tls).transpose()?;
     tracing::info!(grpc = ?grpc.local_addr().ok(), http = ?http.local_addr().ok(), tls = tls.is_some(), "manager listening");
 
-    let tee = host::resolve(config.tee);
     tracing::info!(?tee, "VM launch mode");
+    tracing::info!(signed = policy.signs(), "attestation policies");
     let mgr = Manager::new(config, tee);
     let adopted = mgr.adopt().map_err(state_err)?;
     tracing::info!(adopted, "re-adopted VMs from the state directory");
@@ -158,7 +162,7 @@ pub async fn serve_on(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ManagerServiceServer::new(Service::new(mgr.clone())))
+        .add_service(ManagerServiceServer::new(Service::new(mgr.clone(), policy)))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc),
             stopped(stop_rx),

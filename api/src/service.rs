@@ -8,6 +8,7 @@ use crate::pb::{
     AttestationPolicyReq, AttestationPolicyRes, CreateReq, CreateRes, CvmInfoReq, CvmInfoRes,
     RemoveReq,
 };
+use crate::policy::PolicyMaker;
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
@@ -15,12 +16,16 @@ use tonic::{Request, Response, Status};
 /// The gRPC service.
 pub struct Service {
     mgr: Arc<Manager>,
+    policy: Arc<PolicyMaker>,
 }
 
 impl Service {
-    /// Serves `mgr`.
-    pub fn new(mgr: Arc<Manager>) -> Self {
-        Self { mgr }
+    /// Serves `mgr`, answering AttestationPolicy with `policy`.
+    pub fn new(mgr: Arc<Manager>, policy: PolicyMaker) -> Self {
+        Self {
+            mgr,
+            policy: Arc::new(policy),
+        }
     }
 }
 
@@ -76,13 +81,27 @@ impl ManagerService for Service {
         req: Request<AttestationPolicyReq>,
     ) -> Result<Response<AttestationPolicyRes>, Status> {
         let start = Instant::now();
-        let res = self.mgr.check_known(&req.get_ref().id).map_err(status);
+        let id = req.into_inner().id;
+        let res = match self.mgr.check_known(&id) {
+            Err(e) => Err(status(e)),
+            Ok(()) => {
+                let policy = Arc::clone(&self.policy);
+                tokio::task::spawn_blocking(move || policy.generate())
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(crate::policy::PolicyError::Measure(format!(
+                            "measurement task failed: {e}"
+                        )))
+                    })
+                    .map_err(|e| {
+                        tracing::warn!(cvm_id = %id, error = %e, "AttestationPolicy failed");
+                        Status::unknown(e.to_string())
+                    })
+            }
+        };
         self.mgr
             .metrics
             .request("FetchAttestationPolicy", start.elapsed());
-        res?;
-        Err(Status::unimplemented(
-            "failed to create CoMID: CoRIM generation is not implemented in cvmm yet",
-        ))
+        Ok(Response::new(AttestationPolicyRes { info: res?, id }))
     }
 }

@@ -1,6 +1,6 @@
 //! End-to-end tests of the manager over a real gRPC client on 127.0.0.1, with a fake VM
 //! program: CreateVm/RemoveVm, request validation, the VM cap, port exhaustion, TTL, VM exit,
-//! SIGKILL escalation, CVMInfo and AttestationPolicy lookups.
+//! SIGKILL escalation, CVMInfo, AttestationPolicy (lookups, the CoRIM, a bad signing key).
 
 mod common;
 
@@ -271,4 +271,44 @@ async fn cvm_info_echoes_and_attestation_policy_needs_a_known_id() {
         (err.code(), err.message()),
         (Code::Unknown, "computationId nope not found")
     );
+}
+
+#[tokio::test]
+async fn attestation_policy_of_a_known_vm_is_a_corim() {
+    let h = Harness::start(SLEEPER, &[]).await;
+    let mut c = h.client().await;
+    let id = c.create_vm(create_req()).await.unwrap().into_inner().cvm_id;
+    let res = c
+        .attestation_policy(AttestationPolicyReq { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(res.id, id);
+    let corim: ciborium::Value = ciborium::from_reader(&res.info[..]).expect("CBOR");
+    let ciborium::Value::Tag(501, map) = corim else {
+        panic!("not a tag-501 CoRIM: {corim:?}")
+    };
+    let corim_id = map.as_map().unwrap()[0].1.as_text().unwrap().to_string();
+    // MANAGER_VMM_TEE=none: a plain host gets the TDX defaults, as upstream.
+    assert!(corim_id.starts_with("tdx-corim-"), "{corim_id}");
+    c.remove_vm(remove(&id)).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreadable_signing_key_stops_start_up_naming_the_variable() {
+    let mut h = Harness::start(
+        SLEEPER,
+        &[(
+            "MANAGER_CORIM_SIGNING_KEY",
+            "/nonexistent/corim-key.pem".into(),
+        )],
+    )
+    .await;
+    match h.shutdown().await {
+        Err(api::ApiError::Config(e)) => {
+            assert_eq!(e.var, "MANAGER_CORIM_SIGNING_KEY");
+            assert_eq!(e.value, "/nonexistent/corim-key.pem");
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
 }

@@ -193,3 +193,66 @@ fn overlapping_ports_are_found() {
     assert_eq!(c.range_overlaps(), [6101, 6102]);
     assert!(cfg(&[]).unwrap().range_overlaps().is_empty());
 }
+
+/// `KEY=VALUE` lines of an environment file as systemd reads them (comments and blank lines
+/// skipped, one pair of surrounding double quotes removed).
+fn env_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("KEY=VALUE line");
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .unwrap_or(v);
+            (k.trim().to_string(), v.to_string())
+        })
+        .collect()
+}
+
+const ENV_EXAMPLE: &str = include_str!("../../../deploy/manager.env.example");
+
+#[test]
+fn the_shipped_env_example_parses_and_states_the_defaults() {
+    let vars = env_file(ENV_EXAMPLE);
+    let mut from_file = ManagerConfig::from_vars(vars.clone()).expect("example parses");
+    let mut defaults = cfg(&[]).unwrap();
+    // The only default that is not a fixed value.
+    from_file.instance_id.clear();
+    defaults.instance_id.clear();
+    assert_eq!(
+        from_file, defaults,
+        "every value in the example is the default"
+    );
+    assert!(from_file.ignored_vars.is_empty());
+}
+
+#[test]
+fn the_shipped_env_example_lists_every_variable_read() {
+    let mut listed: Vec<String> = env_file(ENV_EXAMPLE).into_iter().map(|(k, _)| k).collect();
+    listed.sort();
+    let before = listed.len();
+    listed.dedup();
+    assert_eq!(before, listed.len(), "a variable is listed twice");
+    assert_eq!(listed, ManagerConfig::variables_read());
+}
+
+#[test]
+fn variables_read_covers_servers_vm_settings_and_the_signing_key() {
+    let read = ManagerConfig::variables_read();
+    for v in [
+        "MANAGER_GRPC_PORT",
+        "MANAGER_QEMU_HOST_FWD_RANGE",
+        "MANAGER_QEMU_SEV_SNP_CBITPOS",
+        "MANAGER_CORIM_SIGNING_KEY",
+        "COCOS_JAEGER_TRACE_RATIO",
+    ] {
+        assert!(read.iter().any(|r| r == v), "{v} missing from {read:?}");
+    }
+    assert!(
+        !read.iter().any(|r| r == "MANAGER_QEMU_BIN_PATH"),
+        "ignored names are not read"
+    );
+}
