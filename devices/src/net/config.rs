@@ -74,6 +74,8 @@ pub struct UserNetConfig {
     pub dns_upstream: Vec<SocketAddr>,
     /// What 10.0.2.2 stands for on the host.
     pub host_loopback: IpAddr,
+    /// Hosts file whose names 10.0.2.3 answers itself (`/etc/hosts`); `None`: relay all.
+    pub hosts_file: Option<std::path::PathBuf>,
     /// DHCP lease time in seconds.
     pub lease_secs: u32,
     /// Resource bounds.
@@ -95,6 +97,7 @@ impl UserNetConfig {
             forwards,
             dns_upstream,
             host_loopback: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            hosts_file: Some("/etc/hosts".into()),
             lease_secs: 86400,
             limits: Limits::default(),
         }

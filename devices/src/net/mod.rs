@@ -11,6 +11,7 @@
 mod config;
 mod device;
 mod dhcp;
+pub mod dns;
 mod error;
 mod sys;
 mod tcp;

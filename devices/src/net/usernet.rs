@@ -51,6 +51,7 @@ pub struct UserNet {
     udp: UdpNat,
     tcp: TcpNat,
     dns_upstream: Vec<SocketAddr>,
+    hosts: super::dns::HostsTable,
     host_loopback: IpAddr,
     dns_timeout: Duration,
     udp_timeout: Duration,
@@ -112,6 +113,11 @@ impl UserNet {
             udp: UdpNat::new(limits.max_udp_flows),
             tcp,
             dns_upstream: cfg.dns_upstream,
+            hosts: cfg
+                .hosts_file
+                .as_deref()
+                .map(super::dns::HostsTable::load)
+                .unwrap_or_default(),
             host_loopback: cfg.host_loopback,
             dns_timeout: limits.dns_timeout,
             udp_timeout: limits.udp_timeout,
@@ -185,6 +191,18 @@ impl UserNet {
             } => {
                 if src.is_unspecified() {
                     return;
+                }
+                if dst == DNS_IP && dst_port == 53 {
+                    if let Some(reply) = self.hosts.answer(payload) {
+                        let a = Addrs {
+                            src_mac: EthernetAddress(GATEWAY_MAC),
+                            dst_mac: src_mac,
+                            src: DNS_IP,
+                            dst: src,
+                        };
+                        self.send_udp(&a, 53, src_port, &reply);
+                        return;
+                    }
                 }
                 let Some(host_dst) = self.map_destination(dst, dst_port) else {
                     return;

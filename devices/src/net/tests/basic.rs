@@ -280,3 +280,37 @@ fn unanswered_dns_flows_expire() {
     silent.set_nonblocking(true).unwrap();
     assert!(silent.recv(&mut b).is_ok(), "queries reached the upstream");
 }
+
+#[test]
+fn names_in_the_hosts_file_are_answered_by_10_0_2_3_itself() {
+    let hosts = std::env::temp_dir().join(format!("cvmm-hosts-{}", std::process::id()));
+    std::fs::write(&hosts, "10.9.8.7 cvms.internal\n").unwrap();
+    // No upstream at all: only the local answer can reach the guest.
+    let mut cfg = UserNetConfig::with_dns(vec![], vec![]);
+    cfg.hosts_file = Some(hosts.clone());
+    let mut g = Guest::new(cfg, true);
+    let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 2048]);
+    let mut s = udp::Socket::new(buf(), buf());
+    s.bind(40001).unwrap();
+    let h = g.sockets.add(s);
+    let query =
+        b"\x43\x21\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04cvms\x08internal\x00\x00\x01\x00\x01";
+    g.sockets
+        .get_mut::<udp::Socket>(h)
+        .send_slice(query, (DNS_IP, 53))
+        .unwrap();
+    let mut got = None;
+    let ok = g.run_until(500, |g| {
+        if let Ok((data, meta)) = g.sockets.get_mut::<udp::Socket>(h).recv() {
+            got = Some((data.to_vec(), meta.endpoint));
+        }
+        got.is_some()
+    });
+    std::fs::remove_file(&hosts).unwrap();
+    assert!(ok, "no DNS answer");
+    let (answer, from) = got.unwrap();
+    assert_eq!(from.addr, IpAddress::Ipv4(DNS_IP));
+    assert_eq!(from.port, 53);
+    assert_eq!(&answer[0..2], &[0x43, 0x21]);
+    assert_eq!(&answer[answer.len() - 4..], &[10, 9, 8, 7]);
+}
