@@ -178,6 +178,8 @@ enum Phase {
     Reading,
     /// Sending the file open on share `.0`, next offset `.1`.
     Streaming(usize, u64),
+    /// Echoing everything back until the client closes its side.
+    Piping,
     /// Answer queued and FIN sent; waiting for the close to finish.
     Closing,
 }
@@ -272,6 +274,7 @@ fn step(c: &mut Conn, s: &mut tcp::Socket, shares: &mut [Option<Share>], port: u
     match c.phase {
         Phase::Reading => read_request(c, s, shares),
         Phase::Streaming(i, off) => stream(c, s, shares, i, off),
+        Phase::Piping => pipe(c, s),
         Phase::Idle | Phase::Closing => {}
     }
     false
@@ -300,6 +303,13 @@ fn read_request(c: &mut Conn, s: &mut tcp::Socket, shares: &mut [Option<Share>])
             finish(c, s, b"\n");
         }
         Request::Bad => finish(c, s, b"ERR\n"),
+        Request::Pipe => {
+            // Bytes that came with the request line are the start of the stream.
+            let rest = nl + 1..c.len;
+            let _ = s.send_slice(&line[rest]);
+            c.phase = Phase::Piping;
+            c.deadline = Deadline::after_ms(CONN_IDLE_MS);
+        }
         Request::Get(tag, file) => {
             let found = shares
                 .iter()
@@ -320,6 +330,24 @@ fn read_request(c: &mut Conn, s: &mut tcp::Socket, shares: &mut [Option<Share>])
                 }
             }
         }
+    }
+}
+
+/// Echoes what the client sends, never reading more than can be sent back at once.
+fn pipe(c: &mut Conn, s: &mut tcp::Socket) {
+    let mut buf = [0u8; 2048];
+    while s.can_recv() && s.can_send() {
+        let room = (s.send_capacity() - s.send_queue()).min(buf.len());
+        let n = s.recv_slice(&mut buf[..room]).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        let _ = s.send_slice(&buf[..n]);
+        c.deadline = Deadline::after_ms(CONN_IDLE_MS);
+    }
+    if !s.may_recv() && s.recv_queue() == 0 {
+        s.close();
+        c.phase = Phase::Closing;
     }
 }
 

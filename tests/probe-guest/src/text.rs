@@ -76,6 +76,8 @@ pub enum Request<'a> {
     Echo(&'a [u8]),
     /// `GET <tag>/<file>`: answer the file's bytes, then close.
     Get(&'a [u8], &'a [u8]),
+    /// `PIPE`: echo every byte that follows until the client closes its side.
+    Pipe,
     /// Anything else: answer `ERR\n`.
     Bad,
 }
@@ -85,6 +87,9 @@ pub fn parse_request(line: &[u8]) -> Request<'_> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if let Some(text) = line.strip_prefix(b"ECHO ") {
         return Request::Echo(text);
+    }
+    if line == b"PIPE" {
+        return Request::Pipe;
     }
     match line.strip_prefix(b"GET ").and_then(split_tag) {
         Some((tag, file)) => Request::Get(tag, file),
@@ -135,6 +140,9 @@ mod tests {
         assert_eq!(parse_request(b"ECHO hi there"), Request::Echo(b"hi there"));
         assert_eq!(parse_request(b"ECHO x\r"), Request::Echo(b"x"));
         assert_eq!(parse_request(b"ECHO "), Request::Echo(b""));
+        assert_eq!(parse_request(b"PIPE"), Request::Pipe);
+        assert_eq!(parse_request(b"PIPE\r"), Request::Pipe);
+        assert_eq!(parse_request(b"PIPE x"), Request::Bad);
         assert_eq!(
             parse_request(b"GET env_share/a/b.txt"),
             Request::Get(b"env_share", b"a/b.txt")
