@@ -111,8 +111,15 @@ fn timeline_has_every_phase_in_order() {
         .map(|(_, u)| *u)
         .collect();
     assert!(main_phases.windows(2).all(|w| w[0] <= w[1]), "{us:?}");
-    let first_runs = ev.iter().filter(|e| e["phase"] == "first_kvm_run").count();
-    assert_eq!(first_runs, 2, "one first_kvm_run per vCPU");
+    // vCPU 0 always runs; an AP records its first KVM_RUN if its thread got to run before the
+    // guest powered off (a busy host can delay it past the probe's whole run).
+    let runs: Vec<u64> = ev
+        .iter()
+        .filter(|e| e["phase"] == "first_kvm_run")
+        .map(|e| e["vcpu"].as_u64().unwrap())
+        .collect();
+    assert!(runs.contains(&0), "{runs:?}");
+    assert!(runs.len() <= 2 && runs.iter().all(|&v| v < 2), "{runs:?}");
 }
 
 #[test]
