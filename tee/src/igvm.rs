@@ -27,8 +27,7 @@ pub fn plan_from_igvm(
     inputs: &MeasureInputs,
 ) -> Result<LaunchPlan, TeeError> {
     let err = |reason: String| TeeError::igvm(name, reason);
-    let file = IgvmFile::new_from_binary(data, Some(igvm::IsolationType::Snp))
-        .map_err(|e| err(format!("cannot parse ({} bytes): {e}", data.len())))?;
+    let file = parse_file(name, data, igvm::IsolationType::Snp)?;
     let mask =
         snp_compatibility_mask(&file).ok_or_else(|| err("no SEV-SNP platform header".into()))?;
     let policy = file
@@ -412,3 +411,56 @@ pub fn set_id_block_policy(block: &mut [u8; 96], policy: u64) {
 #[cfg(test)]
 #[path = "igvm_tests.rs"]
 mod tests;
+
+/// Parses an IGVM file for `isolation`. The igvm crate can panic on hostile input (a zero
+/// relocation alignment divides by zero; bad offsets overflow), so a panic in the parser is
+/// turned into an error naming the file instead of taking the VMM down.
+pub fn parse_file(
+    name: &str,
+    data: &[u8],
+    isolation: igvm::IsolationType,
+) -> Result<IgvmFile, TeeError> {
+    let parsed = std::panic::catch_unwind(|| IgvmFile::new_from_binary(data, Some(isolation)));
+    match parsed {
+        Ok(Ok(f)) => Ok(f),
+        Ok(Err(e)) => Err(TeeError::igvm(
+            name,
+            format!("cannot parse ({} bytes): {e}", data.len()),
+        )),
+        Err(_) => Err(TeeError::igvm(
+            name,
+            format!(
+                "malformed ({} bytes): the IGVM parser rejected inconsistent headers",
+                data.len()
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    /// Inputs the fuzzer found that made the igvm crate panic.
+    const CRASHES: &[&[u8]] = &[
+        include_bytes!(
+            "../../fuzz/artifacts-found/igvm_parse/crash-2f3206015e829dc4b5e09170020dd527d98e5282"
+        ),
+        include_bytes!(
+            "../../fuzz/artifacts-found/igvm_parse/crash-839b5ee11dfca9162a94a158a7dadb7a57d8ab87"
+        ),
+        include_bytes!(
+            "../../fuzz/artifacts-found/igvm_parse/crash-fd89e68c397a96bca84cf219afb7a7456ed9bd66"
+        ),
+    ];
+
+    #[test]
+    fn crashing_inputs_become_errors_naming_the_file() {
+        for (i, data) in CRASHES.iter().enumerate() {
+            for iso in [igvm::IsolationType::Snp, igvm::IsolationType::Tdx] {
+                let e = parse_file("fuzz.igvm", data, iso).expect_err("rejected");
+                assert!(e.to_string().contains("fuzz.igvm"), "input {i}: {e}");
+            }
+        }
+    }
+}

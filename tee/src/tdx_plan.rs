@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmPlatformHeader};
+use igvm::{IgvmDirectiveHeader, IgvmPlatformHeader};
 use igvm_defs::IgvmPlatformType;
 
 use crate::mrtd::Mrtd;
@@ -125,8 +125,7 @@ impl TdxPlan {
     /// unless flagged `unmeasured`), and every parameter-area insert as unmeasured pages.
     pub fn from_igvm(name: &str, data: &[u8]) -> Result<Self, TeeError> {
         let err = |reason: String| TeeError::igvm(name, reason);
-        let file = IgvmFile::new_from_binary(data, Some(igvm::IsolationType::Tdx))
-            .map_err(|e| err(format!("cannot parse ({} bytes): {e}", data.len())))?;
+        let file = crate::igvm::parse_file(name, data, igvm::IsolationType::Tdx)?;
         let mask = file
             .platforms()
             .iter()

@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of the cvmm fuzz targets into fuzz/corpus/<target>/.
+
+Each seed is a small valid (or nearly valid) input in the format its target reads; see the
+module docs of fuzz_targets/*.rs. Run from anywhere: `python3 fuzz/gen_seeds.py`.
+"""
+import os
+import struct
+import zlib
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+
+
+def write(target, name, data):
+    d = os.path.join(ROOT, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def records(recs):
+    """The `[flags u8][len u16][bytes]` framing of cvmm_fuzz::records."""
+    return b"".join(struct.pack("<BH", fl, len(b)) + b for fl, b in recs)
+
+
+# ---- 9P ----------------------------------------------------------------------------------
+def s9(b):
+    return struct.pack("<H", len(b)) + b
+
+
+def unsized(ty, tag, body):
+    return struct.pack("<BH", ty, tag) + body
+
+
+def sized(m):
+    return struct.pack("<I", len(m) + 4) + m
+
+
+TVERSION, TATTACH, TWALK, TLOPEN, TREAD, TREADDIR = 100, 104, 110, 12, 116, 40
+TGETATTR, TCLUNK, TSTATFS, TXATTRWALK, TREADLINK, TLCREATE = 24, 120, 8, 30, 22, 14
+NOFID = 0xFFFFFFFF
+
+
+def walk(tag, fid, newfid, names):
+    return unsized(TWALK, tag, struct.pack("<IIH", fid, newfid, len(names)) + b"".join(s9(n) for n in names))
+
+
+def p9_sessions():
+    read_file = [
+        walk(2, 0, 1, [b"environment"]),
+        unsized(TLOPEN, 3, struct.pack("<II", 1, 0)),
+        unsized(TREAD, 4, struct.pack("<IQI", 1, 0, 4096)),
+        unsized(TCLUNK, 5, struct.pack("<I", 1)),
+    ]
+    list_dir = [
+        walk(2, 0, 1, []),
+        unsized(TLOPEN, 3, struct.pack("<II", 1, 0o200000)),
+        unsized(TREADDIR, 4, struct.pack("<IQI", 1, 0, 8192)),
+        unsized(TREADDIR, 5, struct.pack("<IQI", 1, 2, 100)),
+    ]
+    attrs = [
+        unsized(TGETATTR, 2, struct.pack("<IQ", 0, 0x3FFF)),
+        unsized(TSTATFS, 3, struct.pack("<I", 0)),
+        unsized(TXATTRWALK, 4, struct.pack("<II", 0, 2) + s9(b"")),
+        unsized(TXATTRWALK, 5, struct.pack("<II", 0, 3) + s9(b"user.x")),
+        unsized(TREAD, 6, struct.pack("<IQI", 3, 0, 64)),
+    ]
+    refused = [
+        walk(2, 0, 1, [b"..", b"ca.pem"]),
+        unsized(TLOPEN, 3, struct.pack("<II", 1, 2)),
+        unsized(TLCREATE, 4, struct.pack("<I", 0) + s9(b"new") + struct.pack("<III", 0, 0o644, 0)),
+        unsized(TREADLINK, 5, struct.pack("<I", 1)),
+        unsized(TVERSION, 0xFFFF, struct.pack("<I", 8192) + s9(b"9P2000.L")),
+    ]
+    return {"read_file": read_file, "list_dir": list_dir, "attrs": attrs, "refused": refused}
+
+
+def gen_p9():
+    for name, msgs in p9_sessions().items():
+        write("p9_messages", name, records([(0, m) for m in msgs]))
+    # Raw (flag 1): a whole message with its size field, and a size-field lie.
+    raw = sized(unsized(TREAD, 9, struct.pack("<IQI", 0, 0, 10)))
+    lie = struct.pack("<I", 4000) + unsized(TSTATFS, 9, struct.pack("<I", 0))
+    write("p9_messages", "raw", records([(1, raw), (1, lie)]))
+
+
+# ---- virtio-9p chains --------------------------------------------------------------------
+DATA = 0x10000
+
+
+def gen_virtio():
+    def chains(msgs):
+        descs, ring, data = b"", [], b""
+        for i, m in enumerate(msgs):
+            req_addr = DATA + len(data)
+            data += m
+            resp_addr = 0x80000 + i * 0x2000
+            descs += struct.pack("<QIHH", req_addr, len(m), 1, 2 * i + 1)  # NEXT
+            descs += struct.pack("<QIHH", resp_addr, 0x2000, 2, 0)  # WRITE
+            ring.append(2 * i)
+        descs = descs.ljust(256, b"\0")
+        avail = struct.pack("<HH", 0, len(ring)) + b"".join(struct.pack("<H", r) for r in ring)
+        return descs + avail.ljust(36, b"\0") + data
+
+    attach = sized(unsized(TATTACH, 1, struct.pack("<II", 0, NOFID) + s9(b"root") + s9(b"") + struct.pack("<I", 0)))
+    for name, msgs in p9_sessions().items():
+        write("virtio_9p_chain", name, chains([attach] + [sized(m) for m in msgs[:3]]))
+    # One request split over two readable descriptors, reply in one writable descriptor.
+    m = attach
+    descs = struct.pack("<QIHH", DATA, 5, 1, 1) + struct.pack("<QIHH", DATA + 5, len(m) - 5, 1, 2)
+    descs += struct.pack("<QIHH", 0x80000, 256, 2, 0)
+    write("virtio_9p_chain", "split", descs.ljust(256, b"\0") + struct.pack("<HHH", 0, 1, 0).ljust(36, b"\0") + m)
+    # An indirect descriptor table at 0x30000 (in the data area at DATA + 0x20000).
+    ind = struct.pack("<QIHH", DATA, len(m), 1, 1) + struct.pack("<QIHH", 0x80000, 256, 2, 0)
+    descs = struct.pack("<QIHH", DATA + 0x100, len(ind), 4, 0)  # INDIRECT
+    write("virtio_9p_chain", "indirect",
+          descs.ljust(256, b"\0") + struct.pack("<HHH", 0, 1, 0).ljust(36, b"\0") + m.ljust(0x100, b"\0") + ind)
+
+
+# ---- Ethernet frames ---------------------------------------------------------------------
+GUEST_MAC = bytes([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+GW_MAC = bytes([0x52, 0x55, 0x0A, 0, 2, 2])
+GUEST, GW, DNS = bytes([10, 0, 2, 15]), bytes([10, 0, 2, 2]), bytes([10, 0, 2, 3])
+
+
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return (~s) & 0xFFFF
+
+
+def ipv4(src, dst, proto, payload):
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto, 0, src, dst)
+    hdr = hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:]
+    return hdr + payload
+
+
+def l4(src, dst, proto, seg, at):
+    pseudo = src + dst + struct.pack("!BBH", 0, proto, len(seg))
+    c = csum(pseudo + seg)
+    return seg[:at] + struct.pack("!H", c or 0xFFFF) + seg[at + 2:]
+
+
+def eth(dst_mac, ethertype, payload):
+    return dst_mac + GUEST_MAC + struct.pack("!H", ethertype) + payload
+
+
+def udp(src, dst, sport, dport, payload):
+    seg = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    return eth(GW_MAC, 0x0800, ipv4(src, dst, 17, l4(src, dst, 17, seg, 6)))
+
+
+def tcp(src, dst, sport, dport, seq, ack, flags, payload=b""):
+    seg = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + payload
+    return eth(GW_MAC, 0x0800, ipv4(src, dst, 6, l4(src, dst, 6, seg, 16)))
+
+
+def arp_request(target):
+    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + GUEST_MAC + GUEST + b"\0" * 6 + target
+    return eth(b"\xff" * 6, 0x0806, body)
+
+
+def dhcp(msg_type):
+    bootp = struct.pack("!BBBBIHH4s4s4s4s", 1, 1, 6, 0, 0x1234, 0, 0x8000, b"\0" * 4, b"\0" * 4, b"\0" * 4, b"\0" * 4)
+    bootp += GUEST_MAC.ljust(16, b"\0") + b"\0" * 192 + bytes([99, 130, 83, 99])
+    opts = bytes([53, 1, msg_type])
+    if msg_type == 3:
+        opts += bytes([50, 4]) + GUEST + bytes([54, 4]) + GW
+    return bootp + opts + bytes([255])
+
+
+def gen_net():
+    zero = bytes(4)
+    icmp = struct.pack("!BBHHH", 8, 0, 0, 1, 1) + b"ping"
+    icmp = icmp[:2] + struct.pack("!H", csum(icmp)) + icmp[4:]
+    seeds = {
+        "arp": [(0, arp_request(GW)), (2, arp_request(DNS))],
+        "dhcp": [(0, udp(zero, b"\xff" * 4, 68, 67, dhcp(1))), (2, udp(zero, b"\xff" * 4, 68, 67, dhcp(3)))],
+        "dns": [(2, udp(GUEST, DNS, 40000, 53, b"\x12\x34\x01\x00\x00\x01\0\0\0\0\0\0\x07example\x03com\0\0\x01\0\x01"))],
+        "udp_gw": [(2, udp(GUEST, GW, 40001, 9, b"hello"))],
+        "tcp_syn_gw": [(2, tcp(GUEST, GW, 40002, 9, 1000, 0, 0x02)),
+                       (2, tcp(GUEST, GW, 40002, 9, 1001, 1, 0x10, b"data")),
+                       (2, tcp(GUEST, GW, 40002, 9, 1005, 1, 0x11))],
+        "tcp_rst_local": [(2, tcp(GUEST, bytes([10, 0, 2, 77]), 40003, 80, 5, 0, 0x02)),
+                          (0, tcp(GUEST, GW, 40003, 80, 5, 0, 0x04))],
+        "icmp": [(2, eth(GW_MAC, 0x0800, ipv4(GUEST, GW, 1, icmp)))],
+    }
+    for name, recs in seeds.items():
+        write("net_frames", name, records(recs))
+
+
+# ---- IGVM and OVMF -----------------------------------------------------------------------
+def vh(ty, payload):
+    payload += b"\0" * (-len(payload) % 8)
+    return struct.pack("<II", ty, len(payload)) + payload
+
+
+def igvm(headers, file_data):
+    var = b"".join(headers)
+    data_off = 24 + len(var)
+    total = data_off + len(file_data)
+    fixed = struct.pack("<IIIIII", 0x4D564749, 1, 24, len(var), total, 0)
+    crc = zlib.crc32(fixed + var) & 0xFFFFFFFF
+    return fixed[:20] + struct.pack("<I", crc) + var + file_data
+
+
+def gen_igvm():
+    platform = vh(0x1, struct.pack("<IBBHQ", 1, 0, 2, 1, 0))  # SEV-SNP
+    policy = vh(0x101, struct.pack("<QII", 0x30000, 1, 0))
+    # File offsets are from the start of the file; data starts after the headers.
+    def page(gpa, off, flags=0, data_type=0):
+        return vh(0x302, struct.pack("<QIIIHH", gpa, 1, off, flags, data_type, 0))
+
+    def vp(gpa, off):
+        return vh(0x304, struct.pack("<QIIHHI", gpa, 1, off, 0, 0, 0))
+
+    # Headers have fixed sizes, so the data offset is known before building.
+    hdr_len = lambda n_pages, n_vp: len(platform) + len(policy) + n_pages * 32 + n_vp * 32
+    data_at = 24 + hdr_len(1, 1)
+    vmsa = bytearray(4096)
+    struct.pack_into("<Q", vmsa, 0x3B0, 1)  # sev_features: SNP active
+    struct.pack_into("<Q", vmsa, 0x178, 0xFFF0)  # rip
+    write("igvm_parse", "page_and_vmsa",
+          igvm([platform, policy, page(0xFFFF_F000, data_at), vp(0xFFFF_FFFF_F000, data_at + 4096)],
+               b"\xf4" * 4096 + bytes(vmsa)))
+    write("igvm_parse", "zero_page_only", igvm([platform, policy, page(0x1000, 0)], b"\0" * 8))
+    area = vh(0x301, struct.pack("<QII", 4096, 0, 0))
+    insert = vh(0x303, struct.pack("<QII", 0x2000, 1, 0))
+    count = vh(0x307, struct.pack("<II", 0, 0))
+    write("igvm_parse", "parameters", igvm([platform, policy, area, count, insert], b"\0" * 8))
+    write("igvm_parse", "no_platform", igvm([policy, page(0x1000, 0)], b"\0" * 8))
+
+    # OVMF: an image whose end holds the GUIDed footer table.
+    def guid(d1, d2, d3, d4):
+        return struct.pack("<IHH", d1, d2, d3) + bytes(d4)
+
+    footer = guid(0x96B582DE, 0x1FB2, 0x45F7, [0xBA, 0xEA, 0xA3, 0x66, 0xC5, 0x5A, 0x08, 0x2D])
+    sev_meta = guid(0xDC886566, 0x984A, 0x4798, [0xA7, 0x5E, 0x55, 0x85, 0xA7, 0xBF, 0x67, 0xCC])
+    reset = guid(0x00F771DE, 0x1A7E, 0x4FCB, [0x89, 0x0E, 0x68, 0xC7, 0x7E, 0x2F, 0xB4, 0x4E])
+    hashes = guid(0x7255371F, 0x3A3B, 0x4B04, [0x92, 0x7B, 0x1D, 0xA6, 0xEF, 0xA8, 0xD4, 0x54])
+
+    def entry(g, data):
+        return data + struct.pack("<H", len(data) + 18) + g
+
+    def ovmf(entries, size=8192, meta=b""):
+        table = b"".join(entries)
+        tail = table + struct.pack("<H", len(table) + 18) + footer + b"\0" * 32
+        img = bytearray(size)
+        img[size - len(tail):] = tail
+        img[:len(meta)] = meta
+        return bytes(img)
+
+    sections = struct.pack("<III", 0x80_0000, 0x1000, 1) + struct.pack("<III", 0x80_1000, 0x1000, 2)
+    sections += struct.pack("<III", 0x80_2000, 0x1000, 3) + struct.pack("<III", 0x80_3000, 0x1000, 0x10)
+    meta = b"ASEV" + struct.pack("<III", 16 + len(sections), 1, 4) + sections
+    full = ovmf([entry(sev_meta, struct.pack("<I", 8192)), entry(reset, struct.pack("<I", 0xFFFF_F000)),
+                 entry(hashes, struct.pack("<II", 0x80_3000, 0x400))], meta=meta)
+    write("igvm_parse", "ovmf_sev", full)
+    write("igvm_parse", "ovmf_tail", full[-256:])
+
+
+# ---- kernels -----------------------------------------------------------------------------
+def gen_kernel():
+    # bzImage: one setup sector plus boot sector, protocol 2.15, 64-bit entry.
+    setup_sects = 1
+    img = bytearray(512 * (1 + setup_sects) + 512)
+    img[0x1F1] = setup_sects
+    img[0x1FE:0x200] = b"\x55\xaa"
+    img[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", img, 0x206, 0x020F)  # version
+    img[0x211] = 1  # loadflags: LOADED_HIGH
+    struct.pack_into("<I", img, 0x214, 0x100000)  # code32_start
+    struct.pack_into("<I", img, 0x230, 0x200000)  # kernel_alignment
+    img[0x234] = 1  # relocatable
+    struct.pack_into("<H", img, 0x236, 1)  # xloadflags: XLF_KERNEL_64
+    struct.pack_into("<I", img, 0x238, 255)  # cmdline_size
+    struct.pack_into("<I", img, 0x260, 0x100000)  # init_size
+    img[512 * (1 + setup_sects):] = b"\xf4" * 512
+    write("kernel_image", "bzimage", bytes(img))
+
+    # ELF64 vmlinux: one PT_LOAD and one PT_NOTE carrying the Xen PVH entry note.
+    note_name = b"Xen\0"
+    note = struct.pack("<III", len(note_name), 4, 18) + note_name + struct.pack("<I", 0x100000)
+    code = b"\xf4" * 16
+    ehsize, phsize = 64, 56
+    ph_off = ehsize
+    note_off = ph_off + 2 * phsize
+    code_off = note_off + len(note)
+    ident = b"\x7fELF" + bytes([2, 1, 1]) + b"\0" * 9
+    ehdr = ident + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0x100000, ph_off, 0, 0, ehsize, phsize, 2, 64, 0, 0)
+    load = struct.pack("<IIQQQQQQ", 1, 5, code_off, 0x100000, 0x100000, len(code), len(code), 0x1000)
+    pnote = struct.pack("<IIQQQQQQ", 4, 4, note_off, 0, 0, len(note), len(note), 4)
+    write("kernel_image", "elf_pvh", ehdr + load + pnote + note + code)
+    write("kernel_image", "elf_no_pvh", ehdr[:56] + struct.pack("<HH", 1, 64) + ehdr[60:] + load + pnote + note + code)
+    write("kernel_image", "not_a_kernel", b"MZ\x90\0just some bytes")
+
+
+# ---- option strings ----------------------------------------------------------------------
+def gen_options():
+    for i, s in enumerate([
+        "tcp::7020-:7002", "tcp:127.0.0.1:7020-10.0.2.15:7002", ":8080-:80", "udp::1-:2",
+        "5:7002", "env_share=/tmp/env", "certs_share=/etc/ssl", "host", "EPYC-v4,+avx2,-sse4.1",
+        "max,x2apic=off", "qemu64,sse4_2=on",
+    ]):
+        write("hostfwd_and_sizes", "opt%02d" % i, s.encode())
+
+
+if __name__ == "__main__":
+    gen_p9()
+    gen_virtio()
+    gen_net()
+    gen_igvm()
+    gen_kernel()
+    gen_options()
