@@ -60,3 +60,9 @@ check_l2_boot() {
     fail "$name" "no 'nproc=$cpus cpuinfo=$cpus' marker (VMM rc=$L2_RC)"
     return 1
 }
+
+# alive PID: the process exists and is not a zombie (an exited background job
+# stays a zombie until `wait`, and `kill -0` still succeeds on it).
+alive() {
+    [ -r "/proc/$1/stat" ] && ! sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | grep -q '^Z'
+}

@@ -104,6 +104,7 @@ build_l2_initrd() {
     add_busybox "$root"
     add_modules "$root" "$kver" "${L2_MODULES[@]}"
     install -m 0755 "$RIG_DIR/l2-init.sh" "$root/init"
+    install -D -m 0755 "$RIG_DIR/l2-udhcpc.sh" "$root/etc/udhcpc/default.script"
     mkdir -p "$root/l2-cases"
     cp "$RIG_DIR"/l2-cases/*.sh "$root/l2-cases/"
     make_cpio "$root" "$RIG_CACHE/l2-initrd.cpio.gz" gzip

@@ -1,0 +1,106 @@
+#!/bin/sh
+# L1 case: cvmm runs the L2 guest the way the Cocos manager would: 2 vCPUs,
+# the built-in NAT with a forward 127.0.0.1:7777 -> guest 7002, and the
+# env_share/certs_share 9p shares. The L2 case `cocos` (l2-cases/cocos.sh)
+# mounts the shares, runs DHCP, fetches a file from busybox httpd on L1's
+# 127.0.0.1:8080 through 10.0.2.2, and serves the environment file once on
+# port 7002; this case reads it back through the forward and compares bytes.
+# Needs run-l1.sh --add <cvmm>:/bin/cvmm.
+. /lib/rig/case-lib.sh
+
+name=cocos
+HTTP_PORT=8080
+FWD_PORT=7777
+command -v cvmm >/dev/null || { fail $name "no cvmm in L1 (use --add PATH:/bin/cvmm)"; exit 1; }
+rc=0
+check() { # check NAME CONDITION-RESULT REASON: report one check
+    if [ "$2" = 0 ]; then pass "$1"; else fail "$1" "$3"; rc=1; fi
+}
+
+# The shares and the file served over HTTP.
+work=/tmp/cocos-work
+mkdir -p $work/env $work/certs $work/www
+cat >$work/env/environment <<EOF
+AGENT_LOG_LEVEL=info
+AGENT_CVM_GRPC_URL=10.0.2.2:7001
+AGENT_CVM_ID=rig-cocos-$(now_ms)
+AGENT_CERTS_TOKEN=
+AGENT_CVM_CA_URL=
+AGENT_CVM_GRPC_CLIENT_CERT=/etc/certs/cert.pem
+AGENT_CVM_GRPC_CLIENT_KEY=/etc/certs/key.pem
+AGENT_CVM_GRPC_SERVER_CA_CERTS=/etc/certs/ca.pem
+EOF
+for f in cert key ca; do
+    printf -- '-----BEGIN RIG %s-----\nnot a real %s\n-----END RIG %s-----\n' $f $f $f \
+        >$work/certs/$f.pem
+done
+dd if=/dev/urandom of=$work/www/rig.bin bs=1024 count=96 2>/dev/null
+env_sum=$(md5sum <$work/env/environment)
+env_sum=${env_sum%% *}
+http_sum=$(md5sum <$work/www/rig.bin)
+http_sum=${http_sum%% *}
+
+ip link set lo up 2>/dev/null
+httpd -f -p 127.0.0.1:$HTTP_PORT -h $work/www &
+httpd_pid=$!
+
+append="$L2_APPEND rig.l2=cocos rig.http=$HTTP_PORT rig.httpsum=$http_sum rig.dns=cocos.test"
+log=/tmp/$name.log
+t0=$(now_ms)
+cvmm run --kernel "$(l2_image)" --initrd /l2/initrd.cpio.gz --append "$append" \
+    --smp 2 --memory 512M --serial stdio \
+    --forward tcp:127.0.0.1:$FWD_PORT-:7002 \
+    --share env_share=$work/env --share certs_share=$work/certs \
+    </dev/null >$log 2>&1 &
+vmm_pid=$!
+
+# Wait (bounded) for the guest to announce it serves, then read the forward.
+deadline=$(( $(now_ms) + ${RIG_L2_TIMEOUT:-240} * 1000 ))
+while alive $vmm_pid && ! grep -aq 'RIG-L2: cocos serving' $log \
+    && [ "$(now_ms)" -lt $deadline ]; do
+    sleep 1
+done
+t_announce=$(now_ms)
+got=/tmp/$name.got
+: >$got
+while alive $vmm_pid && [ "$(now_ms)" -lt $deadline ]; do
+    timeout 10 nc 127.0.0.1 $FWD_PORT </dev/null >$got 2>/dev/null
+    [ -s $got ] && break
+    sleep 1
+done
+t_served=$(now_ms)
+
+# The guest powers off after serving once.
+while alive $vmm_pid && [ "$(now_ms)" -lt $deadline ]; do
+    sleep 1
+done
+if alive $vmm_pid; then
+    kill $vmm_pid
+    sleep 1
+fi
+wait $vmm_pid
+vmm_rc=$?
+t_end=$(now_ms)
+kill $httpd_pid 2>/dev/null
+
+[ "${RIG_VERBOSE:-0}" = 1 ] && tr -d '\r' <$log | cut -c1-200
+# The guest's own checks, then the host's.
+tr -d '\r' <$log | grep -ao 'RIG-\(PASS\|FAIL\) cocos-.*'
+tr -d '\r' <$log | grep -ao 'RIG-L2: cocos [a-z].*' | sed 's/^RIG-L2: /RIG-INFO /'
+l2_sum=$(tr -d '\r' <$log | sed -n 's/.*RIG-L2: cocos env md5=\([0-9a-f]*\).*/\1/p' | head -n 1)
+check cocos-env-md5 "$([ "$l2_sum" = "$env_sum" ]; echo $?)" \
+    "guest read md5 '$l2_sum', host file has $env_sum"
+got_sum=$(md5sum <$got)
+got_sum=${got_sum%% *}
+check cocos-forward "$([ "$got_sum" = "$env_sum" ]; echo $?)" \
+    "read $(wc -c <$got) bytes from 127.0.0.1:$FWD_PORT, md5 $got_sum, want $env_sum ($(head -c 60 $got | tr '\n' ' '))"
+check cocos-l2-done "$(grep -aq 'RIG-L2: case cocos rc=0' $log; echo $?)" \
+    "the L2 case did not finish with rc=0"
+check cocos-exit "$([ "$vmm_rc" = 0 ]; echo $?)" "cvmm exited with $vmm_rc (0 = guest powered off)"
+result "cocos ms_to_serving=$((t_announce - t0)) ms_to_data=$((t_served - t0)) ms_total=$((t_end - t0)) vmm_rc=$vmm_rc"
+if [ $rc != 0 ]; then
+    echo "--- last lines of $log"
+    tr -d '\r' <$log | grep -av '^RIG-' | tail -n 20 | cut -c1-200
+    echo "---"
+fi
+exit $rc

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Tier C, the one command CI runs: prepare the rig, build the release cvmm and
+# the manager_client example (static), boot one L1 session running
+# cases/tier-c.sh (QEMU vs cvmm L2 boot, the Cocos guest, the manager), print
+# every RIG- line and finish with `tier-c: N passed, M failed`. Exit 0 only
+# when M = 0 and N > 0.
+#
+# Usage: tests/rig/run-tier-c.sh [run-l1.sh options, e.g. --env RIG_VERBOSE=1]
+# Env: CARGO (default cargo), CARGO_TARGET_DIR, RIG_CACHE, RIG_TIER_C_TIMEOUT
+#      (seconds for the L1 session, default 1500), RIG_BIN_DIR (skip the build
+#      and take cvmm and examples/manager_client from this directory).
+set -euo pipefail
+. "$(dirname "$0")/lib/common.sh"
+
+main() {
+    local bin log rc=0 passed failed
+    "$RIG_DIR/prepare.sh"
+    if [ -n "${RIG_BIN_DIR:-}" ]; then
+        bin="$RIG_BIN_DIR"
+        log "using prebuilt binaries in $bin"
+    else
+        log "building the release cvmm and examples/manager_client"
+        (cd "$REPO_DIR" && "${CARGO:-cargo}" build --release -q -p cvmm \
+            --bin cvmm --example manager_client)
+        bin="${CARGO_TARGET_DIR:-$REPO_DIR/target}/x86_64-unknown-linux-gnu/release"
+    fi
+    [ -x "$bin/cvmm" ] && [ -x "$bin/examples/manager_client" ] \
+        || die "no cvmm or manager_client in $bin"
+    log="$RIG_CACHE/tier-c-l1.log"
+    "$RIG_DIR/run-l1.sh" --case "$RIG_DIR/cases/tier-c.sh" --with-qemu \
+        --add "$bin/cvmm:/bin/cvmm" \
+        --add "$bin/examples/manager_client:/bin/manager_client" \
+        --timeout "${RIG_TIER_C_TIMEOUT:-1500}" --log "$log" "$@" || rc=$?
+    passed=$(tr -d '\r' <"$log" | grep -ac '^RIG-PASS ' || true)
+    failed=$(tr -d '\r' <"$log" | grep -ac '^RIG-FAIL ' || true)
+    if ! tr -d '\r' <"$log" | grep -aq '^RIG-L1-DONE '; then
+        echo "RIG-FAIL tier-c-l1: the L1 session did not finish (run-l1.sh rc=$rc, log $log)"
+        failed=$((failed + 1))
+    fi
+    echo "tier-c: $passed passed, $failed failed"
+    [ "$failed" = 0 ] && [ "$passed" -gt 0 ] || exit 1
+}
+
+main "$@"
