@@ -19,7 +19,7 @@ check() { # check NAME STATUS REASON: report one check (STATUS 0 = pass)
 }
 # listening PORT: a TCP socket listens on PORT (any address).
 listening() {
-    hex=$(printf ':%04X ' "$1")
+    hex=$(printf ':%04X' "$1")
     awk -v p="$hex" '$2 ~ p"$" && $4 == "0A" { f = 1 } END { exit !f }' \
         /proc/net/tcp 2>/dev/null
 }
