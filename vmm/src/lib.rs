@@ -1,6 +1,6 @@
 //! One cvmm virtual machine: a [`spec::VmSpec`] becomes a KVM VM with guest memory, vCPUs,
-//! devices and a booted guest (bzImage/PVH direct boot; firmware and IGVM later), run until the
-//! guest stops, with a boot timeline of every phase.
+//! devices and a booted guest (bzImage/PVH direct boot, native IGVM, SEV-SNP launch), run until
+//! the guest stops, with a boot timeline of every phase.
 
 pub mod acpi;
 pub mod boot;
@@ -8,12 +8,14 @@ pub mod console;
 pub mod cpuid;
 pub mod devices;
 pub mod error;
+pub mod igvm_boot;
 pub mod irq;
 pub mod layout;
 pub mod memory;
 pub mod qemu_args;
 pub mod regs;
 pub mod spec;
+pub mod tee_kvm;
 pub mod timeline;
 pub mod vcpu;
 pub mod vm;

@@ -18,11 +18,12 @@ use devices::legacy::{
     AcpiPowerPorts, CmosRtc, DebugPort, GuestStop, PvPanic, SerialPort, StopSignal, I8042,
 };
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VmFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tee::detect::Platform;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
@@ -112,8 +113,14 @@ pub fn validate(spec: &VmSpec) -> Result<CpuTemplate> {
         ));
     }
     memory::ram_ranges(spec.memory_mib)?;
-    if spec.kernel.is_none() {
-        return Err(VmmError::Input("no --kernel given".into()));
+    match (&spec.kernel, &spec.igvm, &spec.firmware) {
+        (Some(_), Some(_), _) => {
+            return Err(VmmError::Input(
+                "--kernel and --igvm are exclusive: an IGVM file carries its own boot image".into(),
+            ))
+        }
+        (None, None, None) => return Err(VmmError::Input("no --kernel or --igvm given".into())),
+        _ => {}
     }
     CpuTemplate::parse(&spec.cpu)
 }
@@ -125,6 +132,8 @@ pub struct Vm {
     _mem: Arc<GuestMem>,
     _pci: Arc<Mutex<devices::pci::PciBus>>,
     vcpus: Vec<(u32, kvm_ioctls::VcpuFd)>,
+    /// SEV-SNP launch resources (/dev/sev, guest_memfd, firmware mapping) kept with the VM.
+    _tee: Option<crate::tee_kvm::TeeResources>,
     shared: VcpuShared,
     serial: Arc<Mutex<SerialPort>>,
     serial_out: ConsoleOutput,
@@ -150,6 +159,8 @@ impl Vm {
     /// Builds the VM described by `spec`.
     pub fn build(spec: &VmSpec, timeline: Timeline) -> Result<Self> {
         let template = validate(spec)?;
+        // The launch path is settled before anything is created (tee::detect).
+        let platform = crate::tee_kvm::resolve(spec.tee)?;
         let kvm = open_kvm()?;
         let max = kvm.get_max_vcpus() as u32;
         if spec.vcpus > max {
@@ -158,56 +169,36 @@ impl Vm {
                 spec.vcpus
             )));
         }
-        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
-        timeline.mark("kvm_vm_created");
-
+        let mut supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
+        cpuid::apply_template(&mut supported, &template);
         let mem = memory::create(spec.memory_mib)?;
-        for (slot, region) in mem.iter().enumerate() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|e| VmmError::Memory(format!("region {slot}: {e}")))?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
-            // SAFETY: the region is a live mapping owned by `mem`, which the Vm keeps for as
-            // long as the KVM VM exists; slots are distinct and do not overlap.
-            unsafe { vm.set_user_memory_region(r) }
-                .map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
-        }
-        timeline.mark("memory_mapped");
 
-        vm.set_tss_address(KVM_TSS_ADDR)
-            .map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
+        // Boot step: plain KVM (kernel or native IGVM) or the SEV-SNP launch.
+        let (vm, vcpus, tee) = match platform {
+            Platform::Plain => {
+                let (vm, vcpus) = plain_boot(&kvm, spec, &mem, &supported, &timeline)?;
+                (vm, vcpus, None)
+            }
+            Platform::Snp => {
+                let (vm, vcpus, keep) = crate::tee_kvm::snp_boot(
+                    spec,
+                    &mem,
+                    &supported,
+                    Box::new(platform_setup),
+                    Box::new(|id, fd| setup_vcpu(fd, id, &supported, spec.vcpus)),
+                )?;
+                timeline.mark("vcpus_created");
+                (vm, vcpus, Some(keep))
+            }
+            Platform::Tdx => {
+                return Err(VmmError::Input(
+                    "--tee tdx: the TDX launch (tee::tdx) is not wired into cvmm run yet".into(),
+                ))
+            }
         };
-        vm.create_pit2(pit).map_err(kvm_call("KVM_CREATE_PIT2"))?;
-
-        let rsdp = acpi::write_tables(&mem, spec.vcpus)?;
-        let kernel = spec.kernel.as_deref().expect("validated");
-        let entry = boot::load(
-            &mem,
-            &BootInputs {
-                kernel,
-                initrd: spec.initrd.as_deref(),
-                cmdline: &spec.cmdline,
-                memory_mib: spec.memory_mib,
-                rsdp,
-            },
-        )?;
-        timeline.mark("images_loaded");
-        tracing::info!(
-            protocol = entry.protocol.name(),
-            entry = format!("{:#x}", entry.rip),
-            "kernel loaded"
-        );
+        let vm = Arc::new(vm);
 
         let stop = StopSignal::new().map_err(host_err("stop eventfd"))?;
         let (serial_out, stdin) = ConsoleOutput::open(&spec.serial)?;
@@ -247,34 +238,13 @@ impl Vm {
         let mut mmio = MmioBus::default();
         let pci = crate::devices::attach_pci(spec, &vm, &mem, &mut pio, &mut mmio)?;
 
-        let mut supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
-        cpuid::apply_template(&mut supported, &template);
-        let mut vcpus = Vec::new();
-        for id in 0..spec.vcpus {
-            let fd = vm
-                .create_vcpu(u64::from(id))
-                .map_err(kvm_call("KVM_CREATE_VCPU"))?;
-            fd.set_cpuid2(&cpuid::for_vcpu(&supported, id, spec.vcpus))
-                .map_err(kvm_call("KVM_SET_CPUID2"))?;
-            regs::setup_msrs(&fd)?;
-            regs::setup_fpu(&fd)?;
-            regs::setup_lapic(&fd)?;
-            if id == 0 {
-                regs::setup_sregs(&mem, &fd, &entry)?;
-                regs::setup_regs(&fd, &entry)?;
-            }
-            vcpus.push((id, fd));
-        }
-        timeline.mark("vcpus_created");
-
         Ok(Self {
             _kvm: kvm,
             vm,
             _mem: mem,
             _pci: pci,
             vcpus,
+            _tee: tee,
             shared: VcpuShared {
                 pio: Arc::new(pio),
                 mmio: Arc::new(mmio),
@@ -380,6 +350,128 @@ impl Vm {
         drop(self.vm);
         Ok(exit)
     }
+}
+
+/// Sets up a new VM: KVM's TSS, the in-kernel irqchip and the PIT (before any vCPU exists).
+fn platform_setup(vm: &VmFd) -> Result<()> {
+    vm.set_tss_address(KVM_TSS_ADDR)
+        .map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_call("KVM_CREATE_PIT2"))
+}
+
+/// Per-vCPU set-up shared by every boot path: CPUID, MSRs, FPU, LAPIC.
+fn setup_vcpu(fd: &kvm_ioctls::VcpuFd, id: u32, supported: &CpuId, count: u32) -> Result<()> {
+    fd.set_cpuid2(&cpuid::for_vcpu(supported, id, count))
+        .map_err(kvm_call("KVM_SET_CPUID2"))?;
+    regs::setup_msrs(fd)?;
+    regs::setup_fpu(fd)?;
+    regs::setup_lapic(fd)
+}
+
+/// How the BSP of a plain VM starts.
+enum BspStart {
+    Kernel(boot::KernelEntry),
+    Igvm(Box<igvm_defs::IgvmNativeVpContextX64>),
+}
+
+/// Plain KVM boot: VM, memslots, platform, ACPI, then the kernel or a native IGVM file, then
+/// the vCPUs with the BSP's registers.
+fn plain_boot(
+    kvm: &Kvm,
+    spec: &VmSpec,
+    mem: &GuestMem,
+    supported: &CpuId,
+    timeline: &Timeline,
+) -> Result<(VmFd, Vec<(u32, kvm_ioctls::VcpuFd)>)> {
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    timeline.mark("kvm_vm_created");
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| VmmError::Memory(format!("region {slot}: {e}")))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the Vm keeps for as
+        // long as the KVM VM exists; slots are distinct and do not overlap.
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    timeline.mark("memory_mapped");
+    platform_setup(&vm)?;
+
+    // ACPI goes first: an IGVM file's pages may overwrite the BIOS area if it wants to.
+    let rsdp = acpi::write_tables(mem, spec.vcpus)?;
+    let bsp = match (&spec.igvm, &spec.kernel) {
+        (Some(path), _) => {
+            let data = std::fs::read(path).map_err(|source| VmmError::ReadFile {
+                what: "IGVM file",
+                path: path.clone(),
+                source,
+            })?;
+            let params = crate::igvm_boot::NativeParams {
+                vcpus: spec.vcpus,
+                memory_mib: spec.memory_mib,
+                cmdline: &spec.cmdline,
+            };
+            let name = path.display().to_string();
+            let b = crate::igvm_boot::load_native(mem, &name, &data, &params)?;
+            BspStart::Igvm(Box::new(b.context))
+        }
+        (None, Some(kernel)) => {
+            let entry = boot::load(
+                mem,
+                &BootInputs {
+                    kernel,
+                    initrd: spec.initrd.as_deref(),
+                    cmdline: &spec.cmdline,
+                    memory_mib: spec.memory_mib,
+                    rsdp,
+                },
+            )?;
+            tracing::info!(
+                protocol = entry.protocol.name(),
+                entry = format!("{:#x}", entry.rip),
+                "kernel loaded"
+            );
+            BspStart::Kernel(entry)
+        }
+        (None, None) => {
+            return Err(VmmError::Input(
+                "firmware boot without --tee snp is not supported; give --kernel or --igvm".into(),
+            ))
+        }
+    };
+    timeline.mark("images_loaded");
+
+    let mut vcpus = Vec::new();
+    for id in 0..spec.vcpus {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_call("KVM_CREATE_VCPU"))?;
+        setup_vcpu(&fd, id, supported, spec.vcpus)?;
+        if id == 0 {
+            match &bsp {
+                BspStart::Kernel(entry) => {
+                    regs::setup_sregs(mem, &fd, entry)?;
+                    regs::setup_regs(&fd, entry)?;
+                }
+                BspStart::Igvm(ctx) => crate::igvm_boot::apply_context(&fd, ctx)?,
+            }
+        }
+        vcpus.push((id, fd));
+    }
+    timeline.mark("vcpus_created");
+    Ok((vm, vcpus))
 }
 
 fn term_raw(e: &EventFd) -> i32 {
