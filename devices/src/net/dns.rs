@@ -90,6 +90,28 @@ impl HostsTable {
     }
 }
 
+/// A SERVFAIL reply to `query` (header and question echoed), for when no upstream resolver is
+/// configured: the guest's resolver fails at once instead of waiting for its timeout.
+pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    if query.len() < 12 || query[2] & 0x80 != 0 {
+        return None;
+    }
+    let qdcount = u16::from_be_bytes([query[4], query[5]]);
+    let end = if qdcount == 1 {
+        read_name(query, 12)
+            .map(|(_, e)| e + 4)
+            .filter(|&e| e <= query.len())?
+    } else {
+        12
+    };
+    let mut r = query[..end].to_vec();
+    r[2] = 0x80 | (query[2] & 0x01); // QR, RD copied
+    r[3] = 0x80 | 2; // RA, RCODE = SERVFAIL
+    r[4..6].copy_from_slice(&u16::from(end > 12).to_be_bytes());
+    r[6..12].fill(0);
+    Some(r)
+}
+
 /// Reads an uncompressed name starting at `at`; returns it lower-cased and the offset after it.
 fn read_name(msg: &[u8], mut at: usize) -> Option<(String, usize)> {
     let mut name = String::new();
@@ -153,6 +175,19 @@ mod tests {
         assert_eq!(u16::from_be_bytes([r[6], r[7]]), 0);
         assert!(table().answer(&query("example.org", TYPE_A)).is_none());
         assert!(table().answer(&query("ip6-localhost", TYPE_A)).is_none());
+    }
+
+    #[test]
+    fn servfail_echoes_id_and_question() {
+        let q = query("example.org", TYPE_A);
+        let r = servfail(&q).unwrap();
+        assert_eq!(&r[0..2], &q[0..2]);
+        assert_eq!(r[3] & 0x0f, 2, "SERVFAIL");
+        assert_ne!(r[2] & 0x80, 0, "a response");
+        assert_eq!(&r[12..], &q[12..]);
+        for cut in 0..12 {
+            assert!(servfail(&q[..cut]).is_none());
+        }
     }
 
     #[test]

@@ -203,6 +203,18 @@ impl UserNet {
                         self.send_udp(&a, 53, src_port, &reply);
                         return;
                     }
+                    if self.dns_upstream.is_empty() {
+                        if let Some(reply) = super::dns::servfail(payload) {
+                            let a = Addrs {
+                                src_mac: EthernetAddress(GATEWAY_MAC),
+                                dst_mac: src_mac,
+                                src: DNS_IP,
+                                dst: src,
+                            };
+                            self.send_udp(&a, 53, src_port, &reply);
+                        }
+                        return;
+                    }
                 }
                 let Some(host_dst) = self.map_destination(dst, dst_port) else {
                     return;

@@ -90,10 +90,11 @@ if [ -n "$name" ]; then
     timeout 10 nslookup "$name" 10.0.2.3 >/tmp/dns.out 2>&1
     echo "RIG-L2: cocos dns $name rc=$? $(tail -n 2 /tmp/dns.out | tr '\n' ' ' | head -c 120)"
 fi
+t_dns=$(up)
 
 # 5. Serve the environment file on the agent's port.
 [ -f "$env" ] || { echo "cocos-l2: no environment" >/tmp/env; env=/tmp/env; }
-echo "RIG-L2: cocos serving 7002 t_shares=$t_shares t_dhcp=$t_dhcp t_http=$t_http start=$t_start"
+echo "RIG-L2: cocos serving 7002 t_shares=$t_shares t_dhcp=$t_dhcp t_http=$t_http t_dns=$t_dns start=$t_start"
 if [ "$(arg rig.serve)" = loop ]; then
     while :; do
         nc -l -p 7002 <"$env" >/dev/null 2>&1

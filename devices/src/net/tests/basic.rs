@@ -314,3 +314,31 @@ fn names_in_the_hosts_file_are_answered_by_10_0_2_3_itself() {
     assert_eq!(&answer[0..2], &[0x43, 0x21]);
     assert_eq!(&answer[answer.len() - 4..], &[10, 9, 8, 7]);
 }
+
+#[test]
+fn without_an_upstream_unknown_names_fail_at_once() {
+    let mut cfg = UserNetConfig::with_dns(vec![], vec![]);
+    cfg.hosts_file = None;
+    let mut g = Guest::new(cfg, true);
+    let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 2048]);
+    let mut s = udp::Socket::new(buf(), buf());
+    s.bind(40002).unwrap();
+    let h = g.sockets.add(s);
+    let query =
+        b"\x55\x66\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03org\x00\x00\x01\x00\x01";
+    g.sockets
+        .get_mut::<udp::Socket>(h)
+        .send_slice(query, (DNS_IP, 53))
+        .unwrap();
+    let mut got = None;
+    let ok = g.run_until(500, |g| {
+        if let Ok((data, _)) = g.sockets.get_mut::<udp::Socket>(h).recv() {
+            got = Some(data.to_vec());
+        }
+        got.is_some()
+    });
+    assert!(ok, "no DNS reply");
+    let r = got.unwrap();
+    assert_eq!(&r[0..2], &[0x55, 0x66]);
+    assert_eq!(r[3] & 0x0f, 2, "SERVFAIL");
+}
