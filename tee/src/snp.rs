@@ -229,7 +229,6 @@ impl<'a, O: TeeOps> SnpLauncher<'a, O> {
 
     /// One guest_memfd for all RAM, one memslot per region, everything private.
     fn memory(&mut self, plan: &LaunchPlan, cfg: &SnpConfig) -> Result<(), TeeError> {
-        let total: u64 = cfg.ram.iter().map(|r| r.size).sum();
         for r in &plan.ranges {
             let covered = cfg
                 .ram
@@ -245,37 +244,7 @@ impl<'a, O: TeeOps> SnpLauncher<'a, O> {
                 ));
             }
         }
-        let memfd = self
-            .ops
-            .create_guest_memfd(&KvmCreateGuestMemfd {
-                size: total,
-                ..Default::default()
-            })
-            .map_err(|e| ioctl_err("KVM_CREATE_GUEST_MEMFD", format!("size {total:#x}"), e))?;
-        let mut offset = 0;
-        for m in &cfg.ram {
-            let region = KvmUserspaceMemoryRegion2 {
-                slot: m.slot,
-                flags: KVM_MEM_GUEST_MEMFD,
-                guest_phys_addr: m.gpa,
-                memory_size: m.size,
-                userspace_addr: m.userspace_addr,
-                guest_memfd_offset: offset,
-                guest_memfd: memfd,
-                pad1: 0,
-                pad2: [0; 14],
-            };
-            self.ops.set_user_memory_region2(&region).map_err(|e| {
-                ioctl_err(
-                    "KVM_SET_USER_MEMORY_REGION2",
-                    format!("slot {} gpa {:#x}", m.slot, m.gpa),
-                    e,
-                )
-            })?;
-            set_private(self.ops, m.gpa, m.size, true)?;
-            offset += m.size;
-        }
-        Ok(())
+        map_private_ram(self.ops, &cfg.ram)
     }
 
     /// LAUNCH_UPDATE of one range, following partial progress and retrying `-EAGAIN`.
@@ -348,7 +317,51 @@ impl<'a, O: TeeOps> SnpLauncher<'a, O> {
     }
 }
 
-fn set_private<O: TeeOps>(ops: &mut O, gpa: u64, size: u64, private: bool) -> Result<(), TeeError> {
+/// Backs all of `ram` with one guest_memfd, one memslot per region, every page private
+/// (shared by the SNP and TDX launches).
+pub(crate) fn map_private_ram<O: TeeOps + ?Sized>(
+    ops: &mut O,
+    ram: &[RamRegion],
+) -> Result<(), TeeError> {
+    let total: u64 = ram.iter().map(|r| r.size).sum();
+    let memfd = ops
+        .create_guest_memfd(&KvmCreateGuestMemfd {
+            size: total,
+            ..Default::default()
+        })
+        .map_err(|e| ioctl_err("KVM_CREATE_GUEST_MEMFD", format!("size {total:#x}"), e))?;
+    let mut offset = 0;
+    for m in ram {
+        let region = KvmUserspaceMemoryRegion2 {
+            slot: m.slot,
+            flags: KVM_MEM_GUEST_MEMFD,
+            guest_phys_addr: m.gpa,
+            memory_size: m.size,
+            userspace_addr: m.userspace_addr,
+            guest_memfd_offset: offset,
+            guest_memfd: memfd,
+            pad1: 0,
+            pad2: [0; 14],
+        };
+        ops.set_user_memory_region2(&region).map_err(|e| {
+            ioctl_err(
+                "KVM_SET_USER_MEMORY_REGION2",
+                format!("slot {} gpa {:#x}", m.slot, m.gpa),
+                e,
+            )
+        })?;
+        set_private(ops, m.gpa, m.size, true)?;
+        offset += m.size;
+    }
+    Ok(())
+}
+
+fn set_private<O: TeeOps + ?Sized>(
+    ops: &mut O,
+    gpa: u64,
+    size: u64,
+    private: bool,
+) -> Result<(), TeeError> {
     let attributes = if private {
         KVM_MEMORY_ATTRIBUTE_PRIVATE
     } else {

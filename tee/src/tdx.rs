@@ -269,50 +269,7 @@ impl<'a, O: TeeOps> TdxLauncher<'a, O> {
 
     /// One guest_memfd for all RAM, one memslot per region, everything private.
     fn memory(&mut self, cfg: &TdxConfig) -> Result<(), TeeError> {
-        let total: u64 = cfg.ram.iter().map(|r| r.size).sum();
-        let memfd = self
-            .ops
-            .create_guest_memfd(&KvmCreateGuestMemfd {
-                size: total,
-                ..Default::default()
-            })
-            .map_err(|e| ioctl_err("KVM_CREATE_GUEST_MEMFD", format!("size {total:#x}"), e))?;
-        let mut offset = 0;
-        for m in &cfg.ram {
-            let region = KvmUserspaceMemoryRegion2 {
-                slot: m.slot,
-                flags: KVM_MEM_GUEST_MEMFD,
-                guest_phys_addr: m.gpa,
-                memory_size: m.size,
-                userspace_addr: m.userspace_addr,
-                guest_memfd_offset: offset,
-                guest_memfd: memfd,
-                pad1: 0,
-                pad2: [0; 14],
-            };
-            self.ops.set_user_memory_region2(&region).map_err(|e| {
-                ioctl_err(
-                    "KVM_SET_USER_MEMORY_REGION2",
-                    format!("slot {} gpa {:#x}", m.slot, m.gpa),
-                    e,
-                )
-            })?;
-            let attrs = KvmMemoryAttributes {
-                address: m.gpa,
-                size: m.size,
-                attributes: KVM_MEMORY_ATTRIBUTE_PRIVATE,
-                flags: 0,
-            };
-            self.ops.set_memory_attributes(&attrs).map_err(|e| {
-                ioctl_err(
-                    "KVM_SET_MEMORY_ATTRIBUTES",
-                    format!("gpa {:#x}+{:#x} private", m.gpa, m.size),
-                    e,
-                )
-            })?;
-            offset += m.size;
-        }
-        Ok(())
+        crate::snp::map_private_ram(self.ops, &cfg.ram)
     }
 
     /// `INIT_MEM_REGION` of one range on vCPU 0, following progress through `-EINTR` and
