@@ -114,10 +114,7 @@ impl VirtioDevice for Virtio9p {
     }
 
     fn read_config(&self, offset: u32, data: &mut [u8]) {
-        let start = (offset as usize).min(self.config.len());
-        let end = (start + data.len()).min(self.config.len());
-        data.fill(0);
-        data[..end - start].copy_from_slice(&self.config[start..end]);
+        crate::virtio::read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u32, _data: &[u8]) {}

@@ -74,3 +74,12 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: stop using the queues and drop them.
     fn reset(&mut self);
 }
+
+/// Copies the part of a read-only device configuration `config` at `offset` into `data`;
+/// bytes past its end read as zero. For devices whose config space is a fixed byte image.
+pub fn read_config_bytes(config: &[u8], offset: u32, data: &mut [u8]) {
+    let start = (offset as usize).min(config.len());
+    let end = start.saturating_add(data.len()).min(config.len());
+    data.fill(0);
+    data[..end - start].copy_from_slice(&config[start..end]);
+}

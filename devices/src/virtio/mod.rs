@@ -13,7 +13,8 @@ mod tests;
 pub mod transport;
 
 pub use device::{
-    ActivateContext, ActivateError, ActiveQueue, GuestMem, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateContext, ActivateError, ActiveQueue, GuestMem, VirtioDevice,
+    VirtioInterrupt,
 };
 pub use msix::MsixTable;
 pub use transport::{PciInterrupt, VirtioPciDevice, VirtioPciError};
