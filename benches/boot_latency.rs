@@ -7,6 +7,8 @@
 //!
 //! `cargo bench --bench boot_latency`; env `CVMM_BENCH_RUNS` (default 20), `CVMM_BENCH_SMP`.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,19 +19,6 @@ struct Sample {
     exit: Duration,
     maxrss_kib: u64,
     vmm_overhead_kib: Option<u64>,
-}
-
-fn probe_image() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = root.join("target/probe-guest/out");
-    let status = Command::new("sh")
-        .arg(root.join("tests/probe-guest/build.sh"))
-        .arg(&out)
-        .env("CARGO_TARGET_DIR", root.join("target/probe-guest"))
-        .status()
-        .expect("build the probe guest");
-    assert!(status.success());
-    out.join("probe-pvh.elf")
 }
 
 fn run_once(mut cmd: Command, timeline: Option<&Path>) -> Option<Sample> {
@@ -72,14 +61,6 @@ fn run_once(mut cmd: Command, timeline: Option<&Path>) -> Option<Sample> {
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -88,13 +69,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        println!("SKIPPED: boot_latency needs /dev/kvm");
+    if !common::kvm_or_skip("boot_latency") {
         return;
     }
     let qemu = "qemu-system-x86_64";
@@ -103,12 +78,9 @@ fn main() {
         .stdout(Stdio::null())
         .status()
         .is_ok();
-    let runs: usize = std::env::var("CVMM_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let runs: usize = common::env_usize("CVMM_BENCH_RUNS", 20);
     let smp = std::env::var("CVMM_BENCH_SMP").unwrap_or_else(|_| "1".into());
-    let image = probe_image();
+    let image = common::probe_image();
     let cvmm = PathBuf::from(env!("CARGO_BIN_EXE_cvmm"));
     let tl = std::env::temp_dir().join(format!("cvmm-bench-{}.json", std::process::id()));
 
@@ -155,13 +127,13 @@ fn main() {
 
     let summary = |s: &[Sample]| {
         (
-            median(s.iter().map(|x| ms(x.ready)).collect()),
-            median(s.iter().map(|x| ms(x.exit)).collect()),
-            median(s.iter().map(|x| x.maxrss_kib as f64).collect()),
+            common::median(s.iter().map(|x| ms(x.ready)).collect()),
+            common::median(s.iter().map(|x| ms(x.exit)).collect()),
+            common::median(s.iter().map(|x| x.maxrss_kib as f64).collect()),
         )
     };
     let (c_ready, c_exit, c_rss) = summary(&c_samples);
-    let c_over = median(
+    let c_over = common::median(
         c_samples
             .iter()
             .filter_map(|x| x.vmm_overhead_kib)

@@ -5,23 +5,12 @@
 //!
 //! `cargo bench --bench p9_read`; env `CVMM_BENCH_RUNS` (default 5), `CVMM_BENCH_MIB` (16).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn probe_image() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = root.join("target/probe-guest/out");
-    let status = Command::new("sh")
-        .arg(root.join("tests/probe-guest/build.sh"))
-        .arg(&out)
-        .env("CARGO_TARGET_DIR", root.join("target/probe-guest"))
-        .status()
-        .expect("build the probe guest");
-    assert!(status.success());
-    out.join("probe-pvh.elf")
-}
 
 /// Runs the command; returns the time from the `ready` line to the `cat` line and that line.
 fn run(mut cmd: Command) -> Option<(Duration, String)> {
@@ -46,33 +35,16 @@ fn run(mut cmd: Command) -> Option<(Duration, String)> {
     result
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        println!("SKIPPED: p9_read needs /dev/kvm");
+    if !common::kvm_or_skip("p9_read") {
         return;
     }
-    let runs: usize = std::env::var("CVMM_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let mib: usize = std::env::var("CVMM_BENCH_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16);
-    let image = probe_image();
+    let runs: usize = common::env_usize("CVMM_BENCH_RUNS", 5);
+    let mib: usize = common::env_usize("CVMM_BENCH_MIB", 16);
+    let image = common::probe_image();
     let dir = std::env::temp_dir().join(format!("cvmm-p9bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let data: Vec<u8> = (0..mib << 20).map(|i| (i * 31 % 251) as u8).collect();
@@ -142,8 +114,8 @@ fn main() {
     println!("p9_read: {mib} MiB sequential read by the probe guest, {runs} runs each");
     println!(
         "cvmm: median {:.2} s ({:.2} MiB/s)  [{}]",
-        median(c.clone()),
-        mib as f64 / median(c.clone()),
+        common::median(c.clone()),
+        mib as f64 / common::median(c.clone()),
         last.0
     );
     if q.is_empty() {
@@ -151,10 +123,13 @@ fn main() {
     } else {
         println!(
             "qemu: median {:.2} s ({:.2} MiB/s)  [{}]",
-            median(q.clone()),
-            mib as f64 / median(q.clone()),
+            common::median(q.clone()),
+            mib as f64 / common::median(q.clone()),
             last.1
         );
-        println!("ratio cvmm/qemu time: {:.2}", median(c) / median(q));
+        println!(
+            "ratio cvmm/qemu time: {:.2}",
+            common::median(c) / common::median(q)
+        );
     }
 }
