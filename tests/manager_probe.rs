@@ -19,6 +19,37 @@ struct Manager {
     state: PathBuf,
 }
 
+impl Manager {
+    async fn client(&self) -> ManagerServiceClient<tonic::transport::Channel> {
+        ManagerServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc))
+            .await
+            .unwrap()
+    }
+
+    /// Waits (bounded) until VM `id`'s console shows the probe's ready line.
+    fn wait_ready(&self, id: &str) -> bool {
+        let console = self.state.join(id).join("console.log");
+        wait_for(Duration::from_secs(30), || {
+            std::fs::read_to_string(&console).is_ok_and(|c| c.contains("cvmm-probe: ready"))
+        })
+    }
+}
+
+/// CreateVm with only a TTL set; returns the new VM's id.
+async fn create_with_ttl(
+    c: &mut ManagerServiceClient<tonic::transport::Channel>,
+    ttl: &str,
+) -> String {
+    c.create_vm(CreateReq {
+        ttl: ttl.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .cvm_id
+}
+
 impl Drop for Manager {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -135,9 +166,7 @@ fn create_boots_a_vm_process_and_remove_stops_it() {
     }
     let m = start_manager(&[("MANAGER_QEMU_KERNEL_CMDLINE", "probe.exit=halt".into())]);
     rt().block_on(async {
-        let mut c = ManagerServiceClient::connect(format!("http://127.0.0.1:{}", m.grpc))
-            .await
-            .unwrap();
+        let mut c = m.client().await;
         let res = c
             .create_vm(CreateReq {
                 agent_log_level: "info".into(),
@@ -185,22 +214,9 @@ fn a_vm_killed_from_outside_is_noticed_and_cleaned_up() {
     }
     let m = start_manager(&[("MANAGER_QEMU_KERNEL_CMDLINE", "probe.exit=halt".into())]);
     rt().block_on(async {
-        let mut c = ManagerServiceClient::connect(format!("http://127.0.0.1:{}", m.grpc))
-            .await
-            .unwrap();
-        let id = c
-            .create_vm(CreateReq {
-                ttl: "10m".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .cvm_id;
-        let console = m.state.join(&id).join("console.log");
-        assert!(wait_for(Duration::from_secs(30), || {
-            std::fs::read_to_string(&console).is_ok_and(|c| c.contains("cvmm-probe: ready"))
-        }));
+        let mut c = m.client().await;
+        let id = create_with_ttl(&mut c, "10m").await;
+        assert!(m.wait_ready(&id), "VM did not boot");
         let pid = vm_pid(&m.state, &id);
         // SAFETY: killing the VM process we just looked up.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -219,18 +235,8 @@ fn a_vm_whose_guest_powers_off_is_reaped() {
     }
     let m = start_manager(&[("MANAGER_QEMU_KERNEL_CMDLINE", "probe.exit=poweroff".into())]);
     rt().block_on(async {
-        let mut c = ManagerServiceClient::connect(format!("http://127.0.0.1:{}", m.grpc))
-            .await
-            .unwrap();
-        let id = c
-            .create_vm(CreateReq {
-                ttl: "10m".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .cvm_id;
+        let mut c = m.client().await;
+        let id = create_with_ttl(&mut c, "10m").await;
         assert!(
             wait_for(Duration::from_secs(30), || !m.state.join(&id).exists()),
             "powered-off VM not reaped"
@@ -268,9 +274,7 @@ fn the_forwarded_port_answers_with_the_guests_reading_of_its_id() {
         "probe.net=dhcp probe.exit=halt".into(),
     )]);
     rt().block_on(async {
-        let mut c = ManagerServiceClient::connect(format!("http://127.0.0.1:{}", m.grpc))
-            .await
-            .unwrap();
+        let mut c = m.client().await;
         let res = c
             .create_vm(CreateReq {
                 agent_log_level: "debug".into(),
@@ -309,9 +313,7 @@ fn max_vms_bad_fields_and_concurrent_creates() {
         ("MANAGER_MAX_VMS", "3".into()),
     ]);
     rt().block_on(async {
-        let c = ManagerServiceClient::connect(format!("http://127.0.0.1:{}", m.grpc))
-            .await
-            .unwrap();
+        let c = m.client().await;
         // Bad input: nothing started.
         for bad in [
             CreateReq {
@@ -419,9 +421,7 @@ fn a_restarted_manager_re_adopts_running_vms() {
     );
     let m2 = start_manager_in(state.clone(), grpc, http, fwd, &extra);
     rt().block_on(async {
-        let mut c = ManagerServiceClient::connect(format!("http://127.0.0.1:{}", m2.grpc))
-            .await
-            .unwrap();
+        let mut c = m2.client().await;
         c.remove_vm(RemoveReq {
             cvm_id: r.cvm_id.clone(),
         })
