@@ -178,7 +178,11 @@ fn create_boots_a_vm_process_and_remove_stops_it() {
             .into_inner();
         let id = res.cvm_id.clone();
         let port: u16 = res.forwarded_port.parse().unwrap();
-        let console = m.state.join(&id).join("console.log");
+        assert!(
+            m.wait_ready(&id),
+            "VM did not boot: {:?}",
+            std::fs::read_to_string(m.state.join(&id).join("console.log"))
+        );
         assert!(
             wait_for(Duration::from_secs(30), || std::fs::read_to_string(
                 &console
