@@ -183,14 +183,6 @@ fn create_boots_a_vm_process_and_remove_stops_it() {
             "VM did not boot: {:?}",
             std::fs::read_to_string(m.state.join(&id).join("console.log"))
         );
-        assert!(
-            wait_for(Duration::from_secs(30), || std::fs::read_to_string(
-                &console
-            )
-            .is_ok_and(|c| c.contains("cvmm-probe: ready"))),
-            "VM did not boot: {:?}",
-            std::fs::read_to_string(&console)
-        );
         let pid = vm_pid(&m.state, &id);
         assert!(pid_alive(pid));
         // The forwarded port is held while the VM runs: nobody else can bind it.
