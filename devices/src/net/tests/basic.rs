@@ -281,6 +281,30 @@ fn unanswered_dns_flows_expire() {
     assert!(silent.recv(&mut b).is_ok(), "queries reached the upstream");
 }
 
+/// Sends `query` from guest UDP port `port` to 10.0.2.3:53; returns the reply and its source.
+fn dns_round_trip(
+    g: &mut Guest,
+    port: u16,
+    query: &[u8],
+) -> Option<(Vec<u8>, smoltcp::wire::IpEndpoint)> {
+    let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 2048]);
+    let mut s = udp::Socket::new(buf(), buf());
+    s.bind(port).unwrap();
+    let h = g.sockets.add(s);
+    g.sockets
+        .get_mut::<udp::Socket>(h)
+        .send_slice(query, (DNS_IP, 53))
+        .unwrap();
+    let mut got = None;
+    g.run_until(500, |g| {
+        if let Ok((data, meta)) = g.sockets.get_mut::<udp::Socket>(h).recv() {
+            got = Some((data.to_vec(), meta.endpoint));
+        }
+        got.is_some()
+    });
+    got
+}
+
 #[test]
 fn names_in_the_hosts_file_are_answered_by_10_0_2_3_itself() {
     let hosts = std::env::temp_dir().join(format!("cvmm-hosts-{}", std::process::id()));
@@ -289,26 +313,11 @@ fn names_in_the_hosts_file_are_answered_by_10_0_2_3_itself() {
     let mut cfg = UserNetConfig::with_dns(vec![], vec![]);
     cfg.hosts_file = Some(hosts.clone());
     let mut g = Guest::new(cfg, true);
-    let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 2048]);
-    let mut s = udp::Socket::new(buf(), buf());
-    s.bind(40001).unwrap();
-    let h = g.sockets.add(s);
     let query =
         b"\x43\x21\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04cvms\x08internal\x00\x00\x01\x00\x01";
-    g.sockets
-        .get_mut::<udp::Socket>(h)
-        .send_slice(query, (DNS_IP, 53))
-        .unwrap();
-    let mut got = None;
-    let ok = g.run_until(500, |g| {
-        if let Ok((data, meta)) = g.sockets.get_mut::<udp::Socket>(h).recv() {
-            got = Some((data.to_vec(), meta.endpoint));
-        }
-        got.is_some()
-    });
+    let got = dns_round_trip(&mut g, 40001, query);
     std::fs::remove_file(&hosts).unwrap();
-    assert!(ok, "no DNS answer");
-    let (answer, from) = got.unwrap();
+    let (answer, from) = got.expect("no DNS answer");
     assert_eq!(from.addr, IpAddress::Ipv4(DNS_IP));
     assert_eq!(from.port, 53);
     assert_eq!(&answer[0..2], &[0x43, 0x21]);
@@ -320,25 +329,9 @@ fn without_an_upstream_unknown_names_fail_at_once() {
     let mut cfg = UserNetConfig::with_dns(vec![], vec![]);
     cfg.hosts_file = None;
     let mut g = Guest::new(cfg, true);
-    let buf = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 4], vec![0; 2048]);
-    let mut s = udp::Socket::new(buf(), buf());
-    s.bind(40002).unwrap();
-    let h = g.sockets.add(s);
     let query =
         b"\x55\x66\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03org\x00\x00\x01\x00\x01";
-    g.sockets
-        .get_mut::<udp::Socket>(h)
-        .send_slice(query, (DNS_IP, 53))
-        .unwrap();
-    let mut got = None;
-    let ok = g.run_until(500, |g| {
-        if let Ok((data, _)) = g.sockets.get_mut::<udp::Socket>(h).recv() {
-            got = Some(data.to_vec());
-        }
-        got.is_some()
-    });
-    assert!(ok, "no DNS reply");
-    let r = got.unwrap();
+    let (r, _) = dns_round_trip(&mut g, 40002, query).expect("no DNS reply");
     assert_eq!(&r[0..2], &[0x55, 0x66]);
     assert_eq!(r[3] & 0x0f, 2, "SERVFAIL");
 }
