@@ -11,6 +11,7 @@ pub mod host;
 pub mod http;
 pub mod manager;
 pub mod metrics;
+pub mod otlp;
 pub mod policy;
 pub mod process;
 pub mod request;

@@ -3,13 +3,16 @@
 
 use crate::config::{ManagerConfig, TlsConfig};
 use crate::manager::Manager;
+use crate::otlp::{Span, Tracer};
 use crate::pb::manager_service_server::ManagerServiceServer;
 use crate::policy::PolicyMaker;
 use crate::service::Service;
 use crate::{host, http, state};
 use std::future::Future;
 use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// Why the manager could not start or stopped with an error.
@@ -114,6 +117,8 @@ pub async fn serve_on(
     let tls = config.grpc_tls.as_ref().map(tls).transpose()?;
     tracing::info!(grpc = ?grpc.local_addr().ok(), http = ?http.local_addr().ok(), tls = tls.is_some(), "manager listening");
 
+    let (tracer, exporter) = start_tracing(&config);
+
     tracing::info!(?tee, "VM launch mode");
     tracing::info!(signed = policy.signs(), "attestation policies");
     let mgr = Manager::new(config, tee);
@@ -162,7 +167,9 @@ pub async fn serve_on(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ManagerServiceServer::new(Service::new(mgr.clone(), policy)))
+        .add_service(ManagerServiceServer::new(
+            Service::new(mgr.clone(), policy).with_tracer(tracer.clone()),
+        ))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc),
             stopped(stop_rx),
@@ -171,10 +178,45 @@ pub async fn serve_on(
         shutdown.await;
         tracing::info!("manager shutting down");
         let _ = stop_tx.send(true);
+        (SystemTime::now(), Instant::now())
     };
-    let (res, ()) = tokio::join!(grpc_future, signal);
+    let (res, stop_at) = tokio::join!(grpc_future, signal);
     let _ = http_task.await;
     mgr.forget_all();
+    if let (Some(t), Some(task)) = (tracer, exporter) {
+        t.record(Span {
+            name: "shutdown",
+            start: stop_at.0,
+            duration: stop_at.1.elapsed(),
+            attributes: Vec::new(),
+            error: res.as_ref().err().map(|e| e.to_string()),
+        });
+        drop(t);
+        if tokio::time::timeout(TRACE_FLUSH, task).await.is_err() {
+            tracing::warn!("OTLP spans not flushed within {TRACE_FLUSH:?}");
+        }
+    }
     res?;
     Ok(())
+}
+
+/// How long shutdown waits for the last spans to reach the collector.
+const TRACE_FLUSH: Duration = Duration::from_secs(2);
+
+/// The OTLP tracer for `COCOS_JAEGER_URL`, unless the ratio is 0 or the URL unusable (logged).
+fn start_tracing(config: &ManagerConfig) -> (Option<Tracer>, Option<JoinHandle<()>>) {
+    if config.jaeger_trace_ratio <= 0.0 {
+        tracing::info!("OTLP traces off (COCOS_JAEGER_TRACE_RATIO=0)");
+        return (None, None);
+    }
+    match Tracer::start(&config.jaeger_url, config.jaeger_trace_ratio) {
+        Ok((t, task)) => {
+            tracing::info!(collector = %config.jaeger_url, ratio = config.jaeger_trace_ratio, "OTLP traces on");
+            (Some(t), Some(task))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "OTLP traces off");
+            (None, None)
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! The tonic `ManagerService` implementation: maps each RPC onto the `Manager`, counts it in
-//! the metrics, and turns errors into statuses (UNKNOWN with the Go text, as upstream does;
+//! the metrics, records its OTLP span (when tracing is on), and turns errors into statuses (UNKNOWN with the Go text, as upstream does;
 //! INVALID_ARGUMENT for the request checks upstream lacked).
 
 use crate::manager::{Manager, VmError};
+use crate::otlp::{Span, Tracer};
 use crate::pb::manager_service_server::ManagerService;
 use crate::pb::{
     AttestationPolicyReq, AttestationPolicyRes, CreateReq, CreateRes, CvmInfoReq, CvmInfoRes,
@@ -10,13 +11,14 @@ use crate::pb::{
 };
 use crate::policy::PolicyMaker;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use tonic::{Request, Response, Status};
 
 /// The gRPC service.
 pub struct Service {
     mgr: Arc<Manager>,
     policy: Arc<PolicyMaker>,
+    tracer: Option<Tracer>,
 }
 
 impl Service {
@@ -25,8 +27,41 @@ impl Service {
         Self {
             mgr,
             policy: Arc::new(policy),
+            tracer: None,
         }
     }
+
+    /// Also sends a span per RPC to `tracer`.
+    pub fn with_tracer(mut self, tracer: Option<Tracer>) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    /// Counts one finished RPC (`method` in the metrics, `span` in traces).
+    fn finished<T, E: std::fmt::Display>(
+        &self,
+        method: &'static str,
+        span: &'static str,
+        at: (SystemTime, Instant),
+        cvm_id: &str,
+        res: &Result<T, E>,
+    ) {
+        let took = at.1.elapsed();
+        self.mgr.metrics.request(method, took);
+        if let Some(t) = &self.tracer {
+            t.record(Span {
+                name: span,
+                start: at.0,
+                duration: took,
+                attributes: vec![("cvm_id", cvm_id.to_string())],
+                error: res.as_ref().err().map(|e| e.to_string()),
+            });
+        }
+    }
+}
+
+fn now() -> (SystemTime, Instant) {
+    (SystemTime::now(), Instant::now())
 }
 
 fn status(e: VmError) -> Status {
@@ -39,9 +74,10 @@ fn status(e: VmError) -> Status {
 #[tonic::async_trait]
 impl ManagerService for Service {
     async fn create_vm(&self, req: Request<CreateReq>) -> Result<Response<CreateRes>, Status> {
-        let start = Instant::now();
+        let at = now();
         let res = self.mgr.create(req.get_ref()).await;
-        self.mgr.metrics.request("Run", start.elapsed());
+        let id = res.as_ref().map(|(_, id)| id.as_str()).unwrap_or("");
+        self.finished("Run", "run", at, id, &res);
         match res {
             Ok((port, id)) => Ok(Response::new(CreateRes {
                 forwarded_port: port.to_string(),
@@ -55,14 +91,14 @@ impl ManagerService for Service {
     }
 
     async fn remove_vm(&self, req: Request<RemoveReq>) -> Result<Response<()>, Status> {
-        let start = Instant::now();
+        let at = now();
         let res = self.mgr.remove(&req.get_ref().cvm_id).await;
-        self.mgr.metrics.request("Stop", start.elapsed());
+        self.finished("Stop", "stop", at, &req.get_ref().cvm_id, &res);
         res.map(Response::new).map_err(status)
     }
 
     async fn cvm_info(&self, req: Request<CvmInfoReq>) -> Result<Response<CvmInfoRes>, Status> {
-        let start = Instant::now();
+        let at = now();
         let cfg = self.mgr.config();
         let res = CvmInfoRes {
             id: req.into_inner().id,
@@ -72,7 +108,13 @@ impl ManagerService for Service {
             kernel_cmd: String::new(),
             eos_version: cfg.eos_version.clone(),
         };
-        self.mgr.metrics.request("ReturnCVMInfo", start.elapsed());
+        self.finished(
+            "ReturnCVMInfo",
+            "return_cvm_info",
+            at,
+            &res.id,
+            &Ok::<(), String>(()),
+        );
         Ok(Response::new(res))
     }
 
@@ -80,7 +122,7 @@ impl ManagerService for Service {
         &self,
         req: Request<AttestationPolicyReq>,
     ) -> Result<Response<AttestationPolicyRes>, Status> {
-        let start = Instant::now();
+        let at = now();
         let id = req.into_inner().id;
         let res = match self.mgr.check_known(&id) {
             Err(e) => Err(status(e)),
@@ -99,9 +141,13 @@ impl ManagerService for Service {
                     })
             }
         };
-        self.mgr
-            .metrics
-            .request("FetchAttestationPolicy", start.elapsed());
+        self.finished(
+            "FetchAttestationPolicy",
+            "fetch_attestation_policy",
+            at,
+            &id,
+            &res,
+        );
         Ok(Response::new(AttestationPolicyRes { info: res?, id }))
     }
 }

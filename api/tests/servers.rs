@@ -1,6 +1,6 @@
 //! Tests of the server set-up: gRPC health and reflection, the HTTP side server, TLS and mTLS
-//! with certificates made by rcgen, start-up errors, and re-adoption of running VMs by a
-//! restarted manager.
+//! with certificates made by rcgen, start-up errors, OTLP spans to a fake collector, and
+//! re-adoption of running VMs by a restarted manager.
 
 mod common;
 
@@ -315,4 +315,103 @@ async fn a_restarted_manager_re_adopts_running_vms_and_drops_dead_ones() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the port is released"
     );
+}
+
+/// A fake OTLP/HTTP collector: answers 200 to every POST and sends each body's span names.
+async fn fake_collector() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            loop {
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    let body = &buf[end + 4..end + 4 + len];
+                    let _ = tx.send(serde_json::from_slice(body).unwrap_or_default());
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                    break;
+                }
+            }
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn each_rpc_and_the_shutdown_send_an_otlp_span() {
+    let (url, mut bodies) = fake_collector().await;
+    let mut h = Harness::start("sleep 60", &[("COCOS_JAEGER_URL", url)]).await;
+    let mut c = h.client().await;
+    c.cvm_info(CvmInfoReq { id: "abc".into() }).await.unwrap();
+    let err = c
+        .remove_vm(RemoveReq {
+            cvm_id: "no-such-vm".into(),
+        })
+        .await
+        .unwrap_err();
+    h.shutdown().await.unwrap();
+    let mut spans = Vec::new();
+    while spans.len() < 3 {
+        let doc = tokio::time::timeout(std::time::Duration::from_secs(10), bodies.recv())
+            .await
+            .expect("the collector got fewer than 3 spans")
+            .unwrap();
+        let batch = doc["resourceSpans"][0]["scopeSpans"][0]["spans"].clone();
+        spans.extend(batch.as_array().cloned().unwrap_or_default());
+    }
+    let find = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no span {name} in {spans:?}"))
+            .clone()
+    };
+    let info = find("return_cvm_info");
+    assert_eq!(info["status"]["code"], 1);
+    assert_eq!(info["attributes"][0]["value"]["stringValue"], "abc");
+    let stop = find("stop");
+    assert_eq!(stop["status"]["code"], 2);
+    assert_eq!(stop["status"]["message"], err.message());
+    find("shutdown");
+}
+
+#[tokio::test]
+async fn an_unreachable_collector_does_not_delay_the_api() {
+    // A port nobody listens on: start-up and calls go on, the spans are dropped.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut h = Harness::start(
+        "sleep 60",
+        &[("COCOS_JAEGER_URL", format!("http://127.0.0.1:{port}"))],
+    )
+    .await;
+    let mut c = h.client().await;
+    let r = c.cvm_info(CvmInfoReq { id: "x".into() }).await.unwrap();
+    assert_eq!(r.into_inner().id, "x");
+    h.shutdown().await.unwrap();
 }
