@@ -1,7 +1,8 @@
 //! The QEMU command-line personality: the Go manager's plain argument set (manager-api.md §5.2,
 //! without pflash, with the probe guest as -kernel) boots through a `qemu-system-x86_64`
 //! symlink and answers through its hostfwd port with the env share read over 9p; unsupported
-//! options fail at once with QEMU-style wording.
+//! options fail at once with QEMU-style wording; the SNP and TDX sets meet the TEE check's
+//! refusal on a host without SNP/TDX before any file they name is opened.
 
 mod common;
 
@@ -44,6 +45,75 @@ fn unsupported_options_fail_before_anything_starts() {
             err.contains("cvmm: unsupported QEMU option '") && err.contains(opt),
             "{err}"
         );
+    }
+}
+
+#[test]
+fn snp_and_tdx_argument_sets_are_refused_on_this_host() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if cpuinfo.contains("sev_snp") || cpuinfo.contains("tdx_host_platform") {
+        println!("SKIPPED: qemu tee sets: this host advertises SNP or TDX");
+        return;
+    }
+    let u2 = "0b0f0e6a-1111-4222-8333-944445555666";
+    let common = [
+        "-enable-kvm",
+        "-cpu",
+        "EPYC-v4",
+        "-smp",
+        "2,maxcpus=64",
+        "-m",
+        "2048M,slots=5,maxmem=30G",
+        "-object",
+        "memory-backend-memfd,id=ram1,size=2048M,share=true,prealloc=false",
+        "-nographic",
+        "-nodefaults",
+    ];
+    let snp_machine =
+        format!("q35,confidential-guest-support=sev0-{u2},memory-backend=ram1,igvm-cfg=igvm0");
+    let snp_object = format!("sev-snp-guest,id=sev0-{u2},cbitpos=51,reduced-phys-bits=1");
+    let tdx_machine =
+        format!("q35,confidential-guest-support=tdx0-{u2},memory-backend=ram1,hpet=off");
+    let tdx_object = format!(
+        r#"{{"qom-type":"tdx-guest","id":"tdx0-{u2}","quote-generation-socket":{{"type":"vsock","cid":"2","port":"4050"}}}}"#
+    );
+    let sets: [(Vec<&str>, &str, &str); 2] = [
+        (
+            vec![
+                "-machine",
+                &snp_machine,
+                "-object",
+                &snp_object,
+                "-object",
+                "igvm-cfg,id=igvm0,file=/nonexistent/coconut-qemu.igvm",
+            ],
+            "--tee snp: host does not support SEV-SNP: /proc/cpuinfo has no sev_snp flag",
+            "/nonexistent/coconut-qemu.igvm",
+        ),
+        (
+            vec![
+                "-machine",
+                &tdx_machine,
+                "-object",
+                &tdx_object,
+                "-bios",
+                "/nonexistent/OVMF.fd",
+            ],
+            "--tee tdx: host does not support TDX: /proc/cpuinfo has no tdx_host_platform flag",
+            "/nonexistent/OVMF.fd",
+        ),
+    ];
+    for (set, want, path) in sets {
+        let out = Command::new(symlinked_qemu())
+            .args(common)
+            .args(&set)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{set:?}: {err}");
+        assert!(err.contains(want), "{set:?}: {err}");
+        assert!(!err.contains(path), "refused before opening {path}: {err}");
     }
 }
 
