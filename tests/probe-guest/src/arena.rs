@@ -5,7 +5,7 @@
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Arena size in bytes.
-pub const ARENA_SIZE: usize = 512 * 1024;
+pub const ARENA_SIZE: usize = 1024 * 1024;
 
 #[cfg(not(test))]
 #[link_section = ".noinit"]

@@ -21,8 +21,9 @@ const OUTBOUND_MS: u64 = 15_000;
 const CONN_IDLE_MS: u64 = 15_000;
 const LINE_MAX: usize = 512;
 const SERVERS: usize = 2;
-const RX_BUF: usize = 2048;
-const TX_BUF: usize = 8192;
+/// Socket buffers: large enough that a bulk transfer is not window-bound at the probe's RTT.
+const RX_BUF: usize = 32 * 1024;
+const TX_BUF: usize = 32 * 1024;
 
 /// What the command line asked the network to do.
 pub struct Opts {
@@ -180,6 +181,10 @@ enum Phase {
     Streaming(usize, u64),
     /// Echoing everything back until the client closes its side.
     Piping,
+    /// Dropping what arrives; `.0` bytes so far.
+    Sinking(u64),
+    /// Sending the pattern; `.0` bytes still to go.
+    Sourcing(u64),
     /// Answer queued and FIN sent; waiting for the close to finish.
     Closing,
 }
@@ -275,6 +280,8 @@ fn step(c: &mut Conn, s: &mut tcp::Socket, shares: &mut [Option<Share>], port: u
         Phase::Reading => read_request(c, s, shares),
         Phase::Streaming(i, off) => stream(c, s, shares, i, off),
         Phase::Piping => pipe(c, s),
+        Phase::Sinking(n) => sink(c, s, n),
+        Phase::Sourcing(left) => source(c, s, left),
         Phase::Idle | Phase::Closing => {}
     }
     false
@@ -303,6 +310,14 @@ fn read_request(c: &mut Conn, s: &mut tcp::Socket, shares: &mut [Option<Share>])
             finish(c, s, b"\n");
         }
         Request::Bad => finish(c, s, b"ERR\n"),
+        Request::Sink => {
+            c.phase = Phase::Sinking((c.len - nl - 1) as u64);
+            c.deadline = Deadline::after_ms(CONN_IDLE_MS);
+        }
+        Request::Source(n) => {
+            c.phase = Phase::Sourcing(n);
+            c.deadline = Deadline::after_ms(CONN_IDLE_MS);
+        }
         Request::Pipe => {
             // Bytes that came with the request line are the start of the stream.
             let rest = nl + 1..c.len;
@@ -349,6 +364,64 @@ fn pipe(c: &mut Conn, s: &mut tcp::Socket) {
         s.close();
         c.phase = Phase::Closing;
     }
+}
+
+fn sink(c: &mut Conn, s: &mut tcp::Socket, mut n: u64) {
+    while s.can_recv() {
+        let got = s.recv(|b| (b.len(), b.len())).unwrap_or(0);
+        if got == 0 {
+            break;
+        }
+        n += got as u64;
+        c.deadline = Deadline::after_ms(CONN_IDLE_MS);
+    }
+    c.phase = Phase::Sinking(n);
+    if !s.may_recv() {
+        let mut buf = [0u8; 24];
+        let len = dec_line(&mut buf, n);
+        finish(c, s, &buf[..len]);
+    }
+}
+
+fn source(c: &mut Conn, s: &mut tcp::Socket, mut left: u64) {
+    while left > 0 && s.can_send() {
+        let sent = s
+            .send(|b| {
+                let k = b.len().min(left as usize);
+                b[..k].fill(b'x');
+                (k, k)
+            })
+            .unwrap_or(0);
+        if sent == 0 {
+            break;
+        }
+        left -= sent as u64;
+        c.deadline = Deadline::after_ms(CONN_IDLE_MS);
+    }
+    c.phase = Phase::Sourcing(left);
+    if left == 0 {
+        s.close();
+        c.phase = Phase::Closing;
+    }
+}
+
+/// Writes `v` as a decimal line into `buf`; returns its length.
+fn dec_line(buf: &mut [u8; 24], mut v: u64) -> usize {
+    let mut digits = [0u8; 20];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for (i, d) in digits[..n].iter().rev().enumerate() {
+        buf[i] = *d;
+    }
+    buf[n] = b'\n';
+    n + 1
 }
 
 fn errno(e: crate::p9::Error) -> u32 {

@@ -78,6 +78,11 @@ pub enum Request<'a> {
     Get(&'a [u8], &'a [u8]),
     /// `PIPE`: echo every byte that follows until the client closes its side.
     Pipe,
+    /// `SINK`: read and drop every byte that follows; when the client closes its side, answer
+    /// the byte count as a decimal line.
+    Sink,
+    /// `SOURCE <n>`: send `n` bytes of a fixed pattern, then close.
+    Source(u64),
     /// Anything else: answer `ERR\n`.
     Bad,
 }
@@ -90,6 +95,12 @@ pub fn parse_request(line: &[u8]) -> Request<'_> {
     }
     if line == b"PIPE" {
         return Request::Pipe;
+    }
+    if line == b"SINK" {
+        return Request::Sink;
+    }
+    if let Some(n) = line.strip_prefix(b"SOURCE ") {
+        return parse_u64(n).map_or(Request::Bad, Request::Source);
     }
     match line.strip_prefix(b"GET ").and_then(split_tag) {
         Some((tag, file)) => Request::Get(tag, file),
@@ -143,6 +154,10 @@ mod tests {
         assert_eq!(parse_request(b"PIPE"), Request::Pipe);
         assert_eq!(parse_request(b"PIPE\r"), Request::Pipe);
         assert_eq!(parse_request(b"PIPE x"), Request::Bad);
+        assert_eq!(parse_request(b"SINK"), Request::Sink);
+        assert_eq!(parse_request(b"SOURCE 1048576"), Request::Source(1 << 20));
+        assert_eq!(parse_request(b"SOURCE"), Request::Bad);
+        assert_eq!(parse_request(b"SOURCE -1"), Request::Bad);
         assert_eq!(
             parse_request(b"GET env_share/a/b.txt"),
             Request::Get(b"env_share", b"a/b.txt")
