@@ -3,7 +3,10 @@
 //! a worker thread; a malformed descriptor chain is completed with length 0 and skipped.
 
 use super::{NinePConfig, NinePServer, Share};
-use crate::virtio::{ActivateContext, ActivateError, GuestMem, VirtioDevice, VirtioInterrupt};
+use crate::virtio::{
+    drain_suppressed, ActivateContext, ActivateError, GuestMem, VirtioDevice, VirtioInterrupt,
+    F_RING_EVENT_IDX,
+};
 use crate::worker::{Wake, Worker};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -104,7 +107,7 @@ impl VirtioDevice for Virtio9p {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_9P_MOUNT_TAG
+        VIRTIO_9P_MOUNT_TAG | F_RING_EVENT_IDX
     }
 
     fn ack_features(&mut self, _features: u64) {}
@@ -141,9 +144,10 @@ impl VirtioDevice for Virtio9p {
                         Wake::Stop => return,
                         Wake::Ready(_) => {
                             let _ = q.notify.read();
-                            if process_requests(&mem, &mut q.queue, &server)
-                                && q.queue.needs_notification(mem.as_ref()).unwrap_or(true)
-                            {
+                            let served = drain_suppressed(&mem, &mut q.queue, |queue| {
+                                process_requests(&mem, queue, &server)
+                            });
+                            if served && q.queue.needs_notification(mem.as_ref()).unwrap_or(true) {
                                 irq.signal_queue(q.index);
                             }
                         }

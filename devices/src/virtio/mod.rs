@@ -8,6 +8,7 @@
 mod common;
 mod device;
 mod msix;
+mod notify;
 #[cfg(test)]
 mod tests;
 pub mod transport;
@@ -17,6 +18,7 @@ pub use device::{
     VirtioInterrupt,
 };
 pub use msix::MsixTable;
+pub use notify::drain_suppressed;
 pub use transport::{PciInterrupt, VirtioPciDevice, VirtioPciError};
 
 /// Device type ids (virtio 1.2 §5).
