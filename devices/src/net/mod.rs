@@ -13,6 +13,7 @@ mod device;
 mod dhcp;
 pub mod dns;
 mod error;
+pub mod offload;
 mod sys;
 mod tcp;
 mod udp;

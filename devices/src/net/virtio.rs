@@ -1,9 +1,13 @@
 //! virtio-net: the guest's one NIC (type 1, an RX and a TX queue, MAC and link status in
-//! config space), whose other end is the user-mode network [`UserNet`]. A worker thread moves
-//! frames between the queues and the NAT and drives the NAT's host sockets.
+//! config space, TX checksum and TSO offloads), whose other end is the user-mode network
+//! [`UserNet`]. A worker thread moves frames between the queues and the NAT and drives the NAT's
+//! host sockets.
 
-use super::UserNet;
-use crate::virtio::{ActivateContext, ActivateError, GuestMem, VirtioDevice, VirtioInterrupt};
+use super::{offload, UserNet};
+use crate::virtio::{
+    drain_suppressed, ActivateContext, ActivateError, GuestMem, VirtioDevice, VirtioInterrupt,
+    F_RING_EVENT_IDX,
+};
 use crate::worker::{Wake, Worker};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -33,6 +37,10 @@ pub struct NicStats {
     pub tx_frames: u64,
     /// Frames put in the guest's RX queue.
     pub rx_frames: u64,
+    /// Ethernet bytes taken from the guest (TSO segments count whole).
+    pub tx_bytes: u64,
+    /// Ethernet bytes put in the guest's RX queue.
+    pub rx_bytes: u64,
     /// Frames dropped: too large for the guest's buffers, or malformed chains.
     pub dropped: u64,
 }
@@ -82,10 +90,18 @@ pub fn drain_tx(mem: &GuestMem, q: &mut Queue, net: &mut UserNet, st: &mut NicSt
             buf.resize(n, 0);
             r.read_exact(&mut buf).ok()
         });
-        match ok {
-            Some(()) => {
-                net.guest_transmit(&buf[NET_HDR_LEN..]);
+        let finished = ok.map(|()| {
+            let (hdr, frame) = buf.split_at_mut(NET_HDR_LEN);
+            offload::finish_tx(hdr, frame, |f| net.guest_transmit(f))
+        });
+        match finished {
+            Some(Ok(())) => {
                 st.tx_frames += 1;
+                st.tx_bytes += (buf.len() - NET_HDR_LEN) as u64;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = ?e, "virtio-net: dropping a TX frame with a bad offload header");
+                st.dropped += 1;
             }
             None => st.dropped += 1,
         }
@@ -122,7 +138,10 @@ pub fn fill_rx(
             Some((NET_HDR_LEN + frame.len()) as u32)
         });
         match written {
-            Some(_) => st.rx_frames += 1,
+            Some(n) => {
+                st.rx_frames += 1;
+                st.rx_bytes += u64::from(n) - NET_HDR_LEN as u64;
+            }
             None => st.dropped += 1,
         }
         if let Err(e) = q.add_used(mem.as_ref(), head, written.unwrap_or(0)) {
@@ -143,7 +162,11 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS
+        VIRTIO_NET_F_MAC
+            | VIRTIO_NET_F_STATUS
+            | F_RING_EVENT_IDX
+            | offload::F_CSUM
+            | offload::F_HOST_TSO4
     }
 
     fn ack_features(&mut self, _features: u64) {}
@@ -195,16 +218,21 @@ impl VirtioDevice for VirtioNet {
                 }
                 let mut n = crate::bus::lock(&net);
                 let mut st = crate::bus::lock(&stats);
-                if drain_tx(&mem, &mut tx.queue, &mut n, &mut st)
-                    && tx.queue.needs_notification(mem.as_ref()).unwrap_or(true)
-                {
+                let sent =
+                    drain_suppressed(&mem, &mut tx.queue, |q| drain_tx(&mem, q, &mut n, &mut st));
+                if sent && tx.queue.needs_notification(mem.as_ref()).unwrap_or(true) {
                     irq.signal_queue(tx.index);
                 }
                 let now = Instant::now();
                 n.poll(now);
-                if fill_rx(&mem, &mut rx.queue, &mut n, &mut pending, &mut st)
-                    && rx.queue.needs_notification(mem.as_ref()).unwrap_or(true)
+                let mut filled = fill_rx(&mem, &mut rx.queue, &mut n, &mut pending, &mut st);
+                // Out of RX buffers: ask for a kick when the guest adds some (this moves
+                // avail_event under event idx); fill again if some raced in meanwhile.
+                if pending.is_some() && rx.queue.enable_notification(mem.as_ref()).unwrap_or(false)
                 {
+                    filled |= fill_rx(&mem, &mut rx.queue, &mut n, &mut pending, &mut st);
+                }
+                if filled && rx.queue.needs_notification(mem.as_ref()).unwrap_or(true) {
                     irq.signal_queue(rx.index);
                 }
                 timeout = match n.poll_delay(Instant::now()) {
@@ -222,7 +250,22 @@ impl VirtioDevice for VirtioNet {
     fn reset(&mut self) {
         if let Some(mut w) = self.worker.take() {
             w.stop();
+            let s = self.stats();
+            tracing::info!(
+                tx_frames = s.tx_frames,
+                tx_bytes = s.tx_bytes,
+                rx_frames = s.rx_frames,
+                rx_bytes = s.rx_bytes,
+                dropped = s.dropped,
+                "virtio-net stopped"
+            );
         }
+    }
+}
+
+impl Drop for VirtioNet {
+    fn drop(&mut self) {
+        self.reset();
     }
 }
 

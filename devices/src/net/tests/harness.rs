@@ -15,10 +15,21 @@ use crate::net::{PortForward, UserNet, UserNetConfig, GATEWAY_IP, GUEST_IP};
 pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 /// Unbounded test-side queues (the NAT's own queues are the bounded ones under test).
-#[derive(Default)]
 pub struct TestDevice {
     pub rx: VecDeque<Vec<u8>>,
     pub tx: VecDeque<Vec<u8>>,
+    /// Largest frame the guest stack may emit (1514; larger plays a TSO-capable guest).
+    pub mtu: usize,
+}
+
+impl Default for TestDevice {
+    fn default() -> Self {
+        Self {
+            rx: VecDeque::new(),
+            tx: VecDeque::new(),
+            mtu: 1514,
+        }
+    }
 }
 
 pub struct Rx(Vec<u8>);
@@ -52,7 +63,7 @@ impl phy::Device for TestDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ethernet;
-        c.max_transmission_unit = 1514;
+        c.max_transmission_unit = self.mtu;
         c
     }
 }
@@ -63,6 +74,8 @@ pub struct Guest {
     pub dev: TestDevice,
     pub net: UserNet,
     epoch: Instant,
+    /// Frames larger than 1514 bytes the guest sent (TSO-sized segments).
+    pub big_frames: usize,
 }
 
 /// A NAT configuration with the given forwards and a DNS upstream that nothing serves.
@@ -74,8 +87,22 @@ impl Guest {
     /// A guest with a static 10.0.2.15/24 address and default route via 10.0.2.2
     /// (`static_ip`), or an unconfigured one (for DHCP).
     pub fn new(cfg: UserNetConfig, static_ip: bool) -> Guest {
+        Self::with_mtu(cfg, static_ip, 1514)
+    }
+
+    /// A static-address guest whose NIC does TSO: its stack may emit frames of up to 64 KiB,
+    /// and the MSS the NAT announces in SYNs is raised so that it does (a TSO driver sends such
+    /// segments whatever the peer's MSS; the device hands them over whole).
+    pub fn with_tso(cfg: UserNetConfig) -> Guest {
+        Self::with_mtu(cfg, true, 65_535)
+    }
+
+    fn with_mtu(cfg: UserNetConfig, static_ip: bool, mtu: usize) -> Guest {
         let net = UserNet::new(cfg).expect("UserNet::new");
-        let mut dev = TestDevice::default();
+        let mut dev = TestDevice {
+            mtu,
+            ..TestDevice::default()
+        };
         let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(GUEST_MAC)));
         let mut iface = Interface::new(config, &mut dev, smoltcp::time::Instant::ZERO);
         if static_ip {
@@ -93,6 +120,7 @@ impl Guest {
             dev,
             net,
             epoch: Instant::now(),
+            big_frames: 0,
         }
     }
 
@@ -107,11 +135,15 @@ impl Guest {
         self.iface.poll(ts, &mut self.dev, &mut self.sockets);
         let mut moved = false;
         while let Some(f) = self.dev.tx.pop_front() {
+            self.big_frames += usize::from(f.len() > 1514);
             self.net.guest_transmit(&f);
             moved = true;
         }
         self.net.poll(Instant::now());
-        while let Some(f) = self.net.guest_receive() {
+        while let Some(mut f) = self.net.guest_receive() {
+            if self.dev.mtu > 1514 {
+                raise_syn_mss(&mut f, 65_000);
+            }
             self.dev.rx.push_back(f);
             moved = true;
         }
@@ -172,6 +204,41 @@ pub fn wait_readable(fd: i32, ms: i32) {
 }
 
 /// A listener on 127.0.0.1 with an OS-chosen port.
+/// Rewrites the MSS option of a TCP SYN in Ethernet frame `f` to `mss` (checksum fixed).
+fn raise_syn_mss(f: &mut [u8], mss: u16) {
+    use smoltcp::wire::{EthernetFrame, IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
+    let Ok(mut eth) = EthernetFrame::new_checked(&mut f[..]) else {
+        return;
+    };
+    let Ok(mut ip) = Ipv4Packet::new_checked(eth.payload_mut()) else {
+        return;
+    };
+    if ip.next_header() != IpProtocol::Tcp {
+        return;
+    }
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) else {
+        return;
+    };
+    if !tcp.syn() {
+        return;
+    }
+    let opts = tcp.options_mut();
+    let mut i = 0;
+    while i + 1 < opts.len() {
+        match opts[i] {
+            0 => break,
+            1 => i += 1,
+            2 if i + 4 <= opts.len() => {
+                opts[i + 2..i + 4].copy_from_slice(&mss.to_be_bytes());
+                break;
+            }
+            _ => i += usize::from(opts[i + 1]).max(2),
+        }
+    }
+    tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+}
+
 pub fn local_listener() -> (TcpListener, u16) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();

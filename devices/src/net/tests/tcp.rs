@@ -1,5 +1,6 @@
 //! TCP through the NAT: outbound to 10.0.2.2 (host loopback), refused connects, inbound
-//! forwards, resets both ways, 64 simultaneous connections and a large bidirectional transfer.
+//! forwards, resets both ways, 64 simultaneous connections, a large bidirectional transfer and
+//! TSO-sized segments from the guest.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -315,4 +316,41 @@ fn large_transfer_both_ways_with_bounded_buffers() {
         2.0 * (SIZE >> 20) as f64 / secs
     );
     assert!(g.run_until(1000, all_freed), "{:?}", g.net.stats());
+}
+
+#[test]
+fn tso_sized_guest_segments_reach_the_host_intact() {
+    const SIZE: usize = 1 << 20;
+    let (listener, port) = local_listener();
+    let server = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let mut g = Guest::with_tso(config(vec![]));
+    let h = g.connect(GATEWAY_IP, port, 50001);
+    assert!(g.run_until(500, |g| g.tcp(h).may_send()), "handshake");
+    let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let mut sent = 0;
+    assert!(g.run_until(20_000, |g| {
+        if sent < SIZE {
+            sent += g.tcp(h).send_slice(&data[sent..]).unwrap_or(0);
+        }
+        if sent == SIZE && g.tcp(h).send_queue() == 0 {
+            g.tcp(h).close();
+            return true;
+        }
+        false
+    }));
+    assert!(g.run_until(2000, |g| !g.tcp(h).is_open() || !g.tcp(h).may_send()));
+    g.run_until(200, |_| false);
+    let got = server.join().unwrap();
+    assert_eq!(got.len(), SIZE);
+    assert!(got == data, "bytes differ");
+    assert!(
+        g.big_frames > 0,
+        "the guest never sent a segment over 1514 bytes"
+    );
 }
