@@ -3,7 +3,8 @@
 # the built-in NAT with a forward 127.0.0.1:7777 -> guest 7002, and the
 # env_share/certs_share 9p shares. The L2 case `cocos` (l2-cases/cocos.sh)
 # mounts the shares, runs DHCP, fetches a file from busybox httpd on L1's
-# 127.0.0.1:8080 through 10.0.2.2, and serves the environment file once on
+# 127.0.0.1:8080 through 10.0.2.2, resolves a name from L1's /etc/hosts
+# through 10.0.2.3, and serves the environment file once on
 # port 7002; this case reads it back through the forward and compares bytes.
 # Needs run-l1.sh --add <cvmm>:/bin/cvmm.
 . /lib/rig/case-lib.sh
@@ -44,7 +45,10 @@ ip link set lo up 2>/dev/null
 httpd -f -p 127.0.0.1:$HTTP_PORT -h $work/www &
 httpd_pid=$!
 
-append="$L2_APPEND rig.l2=cocos rig.http=$HTTP_PORT rig.httpsum=$http_sum rig.dns=cocos.test"
+# A name only L1's /etc/hosts knows: the NAT's DNS at 10.0.2.3 must answer it.
+DNS_IP=192.0.2.77
+echo "$DNS_IP cocos.test" >>/etc/hosts
+append="$L2_APPEND rig.l2=cocos rig.http=$HTTP_PORT rig.httpsum=$http_sum rig.dns=cocos.test rig.dnsip=$DNS_IP"
 log=/tmp/$name.log
 t0=$(now_ms)
 cvmm run --kernel "$(l2_image)" --initrd /l2/initrd.cpio.gz --append "$append" \

@@ -3,8 +3,8 @@
 # Mounts env_share at /etc/cocos and certs_share at /etc/certs with the Cocos
 # fstab options, checks the certs share is read-only, runs DHCP (udhcpc with
 # /etc/udhcpc/default.script), fetches http://10.0.2.2:<rig.http>/rig.bin and
-# compares its md5 with rig.httpsum, tries DNS through 10.0.2.3 (reported
-# only), then serves /etc/cocos/environment on TCP 7002 with busybox nc:
+# compares its md5 with rig.httpsum, resolves rig.dns through 10.0.2.3 (must
+# give rig.dnsip, from L1's /etc/hosts), then serves /etc/cocos/environment on TCP 7002 with busybox nc:
 # once (default), or until the VM is stopped with rig.serve=loop.
 # Prints RIG-PASS/RIG-FAIL cocos-<check> lines and `RIG-L2: cocos ...` facts.
 
@@ -84,11 +84,20 @@ if [ -n "$port" ]; then
 fi
 t_http=$(up)
 
-# 4. DNS through the NAT's relay: only reported (L1 has no upstream resolver).
+# 4. DNS through 10.0.2.3: a name from the L1 host's /etc/hosts (rig.dnsip is
+# the address L1 put there) must resolve to that address.
 name=$(arg rig.dns)
 if [ -n "$name" ]; then
     timeout 10 nslookup "$name" 10.0.2.3 >/tmp/dns.out 2>&1
     echo "RIG-L2: cocos dns $name rc=$? $(tail -n 2 /tmp/dns.out | tr '\n' ' ' | head -c 120)"
+    want=$(arg rig.dnsip)
+    if [ -n "$want" ]; then
+        if grep -q "Address.*[^0-9.]$want\$" /tmp/dns.out || grep -q "Address: $want\$" /tmp/dns.out; then
+            ok dns-hosts
+        else
+            bad dns-hosts "$name did not resolve to $want: $(tr '\n' ' ' </tmp/dns.out | head -c 150)"
+        fi
+    fi
 fi
 t_dns=$(up)
 
