@@ -9,6 +9,9 @@ use smoltcp::time::Instant;
 
 /// Largest Ethernet frame exchanged with the guest (1500-byte MTU, no VLAN tag).
 pub(crate) const MAX_FRAME: usize = 1514;
+/// The NAT stack's own frame limit: a whole IPv4 packet. Its TCP segments are still bounded by
+/// the MSS each guest SYN announces, which is only raised for a guest that takes TSO frames.
+pub(crate) const NAT_MAX_FRAME: usize = 14 + 65_535;
 
 /// Bounded frame queues between the guest and smoltcp.
 pub(crate) struct FrameDevice {
@@ -102,7 +105,7 @@ impl phy::Device for FrameDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = MAX_FRAME;
+        caps.max_transmission_unit = NAT_MAX_FRAME;
         caps.max_burst_size = None;
         caps
     }

@@ -9,6 +9,17 @@
 pub const F_CSUM: u64 = 1 << 0;
 /// `VIRTIO_NET_F_HOST_TSO4`: the driver may send TCPv4 segments larger than the MTU.
 pub const F_HOST_TSO4: u64 = 1 << 11;
+/// `VIRTIO_NET_F_GUEST_CSUM`: the driver accepts packets marked `DATA_VALID`.
+pub const F_GUEST_CSUM: u64 = 1 << 1;
+/// `VIRTIO_NET_F_GUEST_TSO4`: the driver accepts TCPv4 segments larger than the MTU.
+pub const F_GUEST_TSO4: u64 = 1 << 7;
+
+/// MSS announced to the NAT for a guest that takes TSO frames: the NAT then sends segments of
+/// up to this size, which the guest receives whole (`GSO_TCPV4`).
+pub(crate) const GUEST_TSO_MSS: u16 = 65_000;
+/// `gso_size` given to the guest with a large segment: the segment size a 1500-byte MTU allows.
+const RX_GSO_SIZE: u16 = 1460;
+const HDR_F_DATA_VALID: u8 = 2;
 
 const HDR_F_NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
@@ -102,6 +113,59 @@ fn segment_tcpv4(frame: &[u8], mss: usize, mut out: impl FnMut(&[u8])) -> Result
         out(&seg);
     }
     Ok(())
+}
+
+/// The `virtio_net_hdr_v1` for `frame` going to a guest that negotiated GUEST_CSUM
+/// (`csum`) and GUEST_TSO4 (`tso`): the checksums are always complete (`DATA_VALID`), and a
+/// TCP frame over the 1500-byte MTU is marked `GSO_TCPV4`.
+pub fn rx_header(frame: &[u8], csum: bool, tso: bool) -> [u8; 12] {
+    let mut hdr = [0u8; 12];
+    hdr[10..12].copy_from_slice(&1u16.to_le_bytes()); // num_buffers
+    if csum {
+        hdr[0] = HDR_F_DATA_VALID;
+    }
+    if tso && frame.len() > super::device::MAX_FRAME {
+        hdr[1] = GSO_TCPV4;
+        hdr[4..6].copy_from_slice(&RX_GSO_SIZE.to_le_bytes());
+    }
+    hdr
+}
+
+/// Raises the MSS option of a guest's TCP SYN in Ethernet frame `f` to `mss` (checksum
+/// fixed); anything else is left alone.
+pub(crate) fn raise_syn_mss(f: &mut [u8], mss: u16) {
+    use smoltcp::wire::{EthernetFrame, IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
+    let Ok(mut eth) = EthernetFrame::new_checked(&mut f[..]) else {
+        return;
+    };
+    let Ok(mut ip) = Ipv4Packet::new_checked(eth.payload_mut()) else {
+        return;
+    };
+    if ip.next_header() != IpProtocol::Tcp {
+        return;
+    }
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) else {
+        return;
+    };
+    if !tcp.syn() {
+        return;
+    }
+    let opts = tcp.options_mut();
+    let mut i = 0;
+    while i + 1 < opts.len() {
+        match opts[i] {
+            0 => return,
+            1 => i += 1,
+            2 if opts[i + 1] == 4 && i + 4 <= opts.len() => {
+                let old = u16::from_be_bytes([opts[i + 2], opts[i + 3]]);
+                opts[i + 2..i + 4].copy_from_slice(&old.max(mss).to_be_bytes());
+                break;
+            }
+            _ => i += usize::from(opts[i + 1]).max(2),
+        }
+    }
+    tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
 }
 
 /// Finishes a partial checksum (`NEEDS_CSUM`) in place.
@@ -338,5 +402,63 @@ mod tests {
             collect(&hdr(0, GSO_TCPV4, 1448, 0, 0), &mut short_len),
             Err(OffloadError::GsoFrame)
         );
+    }
+
+    #[test]
+    fn a_guest_syn_announces_the_tso_mss() {
+        let mut syn = guest_frame(&[], TcpControl::Syn, false);
+        // guest_frame leaves the checksum partial; complete it, then add an MSS option by hand.
+        let mut f =
+            collect(&hdr(HDR_F_NEEDS_CSUM, GSO_NONE, 0, 34, 16), &mut syn).unwrap()[0].clone();
+        assert!(parse(&f).is_some());
+        let before = f.clone();
+        raise_syn_mss(&mut f, GUEST_TSO_MSS); // no MSS option: nothing to raise
+        assert_eq!(f, before);
+
+        let tcp = TcpRepr {
+            max_seg_size: Some(1460),
+            ..tcp_repr(&[], TcpControl::Syn)
+        };
+        let mut f = vec![0u8; before.len() + 4];
+        f[..ETH].copy_from_slice(&before[..ETH]);
+        let ip = Ipv4Repr {
+            src_addr: GUEST,
+            dst_addr: HOST,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let caps = ChecksumCapabilities::default();
+        let mut p = Ipv4Packet::new_unchecked(&mut f[ETH..]);
+        ip.emit(&mut p, &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(p.payload_mut()),
+            &IpAddress::Ipv4(GUEST),
+            &IpAddress::Ipv4(HOST),
+            &caps,
+        );
+        raise_syn_mss(&mut f, GUEST_TSO_MSS);
+        assert!(parse(&f).is_some(), "checksum still valid");
+        let p = Ipv4Packet::new_checked(&f[ETH..]).unwrap();
+        let t = TcpPacket::new_checked(p.payload()).unwrap();
+        let repr =
+            TcpRepr::parse(&t, &IpAddress::Ipv4(GUEST), &IpAddress::Ipv4(HOST), &caps).unwrap();
+        assert_eq!(repr.max_seg_size, Some(GUEST_TSO_MSS));
+    }
+
+    #[test]
+    fn rx_headers_mark_valid_checksums_and_large_segments() {
+        let small = vec![0u8; 1514];
+        let big = vec![0u8; 30_000];
+        assert_eq!(rx_header(&small, false, false)[..10], [0u8; 10]);
+        assert_eq!(rx_header(&small, false, false)[10..], [1, 0]);
+        assert_eq!(rx_header(&small, true, true)[0], HDR_F_DATA_VALID);
+        assert_eq!(rx_header(&small, true, true)[1], GSO_NONE);
+        let h = rx_header(&big, true, true);
+        assert_eq!(
+            (h[1], u16::from_le_bytes([h[4], h[5]])),
+            (GSO_TCPV4, RX_GSO_SIZE)
+        );
+        assert_eq!(rx_header(&big, true, false)[1], GSO_NONE);
     }
 }

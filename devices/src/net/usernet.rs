@@ -59,6 +59,16 @@ pub struct UserNet {
     epoch: Instant,
     next_token: u64,
     ip_ident: u16,
+    offloads: GuestOffloads,
+}
+
+/// Receive offloads the guest's NIC driver accepted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GuestOffloads {
+    /// Frames may be marked as having valid checksums.
+    pub csum: bool,
+    /// TCP segments may exceed the MTU (the NAT is told a large MSS in the guest's SYNs).
+    pub tso: bool,
 }
 
 impl UserNet {
@@ -122,6 +132,7 @@ impl UserNet {
             dns_timeout: limits.dns_timeout,
             udp_timeout: limits.udp_timeout,
             guest_mac: None,
+            offloads: GuestOffloads::default(),
             epoch,
             next_token,
             ip_ident: 0,
@@ -131,6 +142,16 @@ impl UserNet {
     /// An epoll fd that is readable when a host socket can be served; then call [`Self::poll`].
     pub fn as_raw_fd(&self) -> RawFd {
         self.epoll.as_raw_fd()
+    }
+
+    /// Sets the receive offloads the guest's driver negotiated (at device activation).
+    pub fn set_guest_offloads(&mut self, offloads: GuestOffloads) {
+        self.offloads = offloads;
+    }
+
+    /// The receive offloads in force.
+    pub fn guest_offloads(&self) -> GuestOffloads {
+        self.offloads
     }
 
     /// Takes one Ethernet frame transmitted by the guest. Malformed frames are dropped.
@@ -241,6 +262,16 @@ impl UserNet {
                 }
                 let tuple = (src, seg.src_port, dst, seg.dst_port);
                 let host_dst = self.map_destination(dst, seg.dst_port);
+                // A guest that takes TSO frames gets large segments: tell the NAT a large MSS.
+                let raised;
+                let frame = if self.offloads.tso && seg.syn {
+                    let mut f = frame.to_vec();
+                    super::offload::raise_syn_mss(&mut f, super::offload::GUEST_TSO_MSS);
+                    raised = f;
+                    &raised[..]
+                } else {
+                    frame
+                };
                 let token = self.token();
                 match self
                     .tcp

@@ -3,7 +3,7 @@
 //! [`UserNet`]. A worker thread moves frames between the queues and the NAT and drives the NAT's
 //! host sockets.
 
-use super::{offload, UserNet};
+use super::{offload, GuestOffloads, UserNet};
 use crate::virtio::{
     drain_suppressed, ActivateContext, ActivateError, GuestMem, VirtioDevice, VirtioInterrupt,
     F_RING_EVENT_IDX,
@@ -48,6 +48,8 @@ pub struct NicStats {
 /// The virtio-net device.
 pub struct VirtioNet {
     config: [u8; 8],
+    /// Features the driver accepted.
+    acked: u64,
     net: Arc<Mutex<UserNet>>,
     stats: Arc<Mutex<NicStats>>,
     worker: Option<Worker>,
@@ -62,6 +64,7 @@ impl VirtioNet {
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
         Self {
             config,
+            acked: 0,
             net: Arc::new(Mutex::new(net)),
             stats: Arc::default(),
             worker: None,
@@ -131,9 +134,9 @@ pub fn fill_rx(
             if w.available_bytes() < NET_HDR_LEN + frame.len() {
                 return None;
             }
-            let mut hdr = [0u8; NET_HDR_LEN];
-            hdr[10..12].copy_from_slice(&1u16.to_le_bytes()); // num_buffers
-            w.write_all(&hdr).ok()?;
+            let o = net.guest_offloads();
+            w.write_all(&offload::rx_header(&frame, o.csum, o.tso))
+                .ok()?;
             w.write_all(&frame).ok()?;
             Some((NET_HDR_LEN + frame.len()) as u32)
         });
@@ -167,9 +170,13 @@ impl VirtioDevice for VirtioNet {
             | F_RING_EVENT_IDX
             | offload::F_CSUM
             | offload::F_HOST_TSO4
+            | offload::F_GUEST_CSUM
+            | offload::F_GUEST_TSO4
     }
 
-    fn ack_features(&mut self, _features: u64) {}
+    fn ack_features(&mut self, features: u64) {
+        self.acked = features;
+    }
 
     fn config_size(&self) -> u32 {
         self.config.len() as u32
@@ -191,6 +198,18 @@ impl VirtioDevice for VirtioNet {
         }
         let mut tx = queues.remove(TX);
         let mut rx = queues.remove(RX);
+        let csum = self.acked & offload::F_GUEST_CSUM != 0;
+        let offloads = GuestOffloads {
+            csum,
+            // TSO frames carry no partial checksums, but the spec ties GUEST_TSO4 to GUEST_CSUM.
+            tso: csum && self.acked & offload::F_GUEST_TSO4 != 0,
+        };
+        crate::bus::lock(&self.net).set_guest_offloads(offloads);
+        tracing::debug!(
+            features = format_args!("{:#x}", self.acked),
+            ?offloads,
+            "virtio-net features"
+        );
         let (mem, net, stats) = (ctx.mem, self.net.clone(), self.stats.clone());
         let irq: Arc<dyn VirtioInterrupt> = ctx.interrupt;
         let worker = Worker::spawn("virtio-net", move |poll| {

@@ -90,9 +90,9 @@ impl Guest {
         Self::with_mtu(cfg, static_ip, 1514)
     }
 
-    /// A static-address guest whose NIC does TSO: its stack may emit frames of up to 64 KiB,
-    /// and the MSS the NAT announces in SYNs is raised so that it does (a TSO driver sends such
-    /// segments whatever the peer's MSS; the device hands them over whole).
+    /// A static-address guest whose NIC does TSO both ways: its stack may emit and take frames
+    /// of up to 64 KiB (the NAT announces a large MSS; a guest taking TSO frames is told
+    /// `UserNet::set_guest_offloads` by the test).
     pub fn with_tso(cfg: UserNetConfig) -> Guest {
         Self::with_mtu(cfg, true, 65_535)
     }
@@ -140,10 +140,7 @@ impl Guest {
             moved = true;
         }
         self.net.poll(Instant::now());
-        while let Some(mut f) = self.net.guest_receive() {
-            if self.dev.mtu > 1514 {
-                raise_syn_mss(&mut f, 65_000);
-            }
+        while let Some(f) = self.net.guest_receive() {
             self.dev.rx.push_back(f);
             moved = true;
         }
@@ -204,41 +201,6 @@ pub fn wait_readable(fd: i32, ms: i32) {
 }
 
 /// A listener on 127.0.0.1 with an OS-chosen port.
-/// Rewrites the MSS option of a TCP SYN in Ethernet frame `f` to `mss` (checksum fixed).
-fn raise_syn_mss(f: &mut [u8], mss: u16) {
-    use smoltcp::wire::{EthernetFrame, IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
-    let Ok(mut eth) = EthernetFrame::new_checked(&mut f[..]) else {
-        return;
-    };
-    let Ok(mut ip) = Ipv4Packet::new_checked(eth.payload_mut()) else {
-        return;
-    };
-    if ip.next_header() != IpProtocol::Tcp {
-        return;
-    }
-    let (src, dst) = (ip.src_addr(), ip.dst_addr());
-    let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) else {
-        return;
-    };
-    if !tcp.syn() {
-        return;
-    }
-    let opts = tcp.options_mut();
-    let mut i = 0;
-    while i + 1 < opts.len() {
-        match opts[i] {
-            0 => break,
-            1 => i += 1,
-            2 if i + 4 <= opts.len() => {
-                opts[i + 2..i + 4].copy_from_slice(&mss.to_be_bytes());
-                break;
-            }
-            _ => i += usize::from(opts[i + 1]).max(2),
-        }
-    }
-    tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
-}
-
 pub fn local_listener() -> (TcpListener, u16) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();

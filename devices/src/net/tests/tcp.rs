@@ -354,3 +354,36 @@ fn tso_sized_guest_segments_reach_the_host_intact() {
         "the guest never sent a segment over 1514 bytes"
     );
 }
+
+#[test]
+fn a_guest_taking_tso_frames_gets_large_segments_intact() {
+    const SIZE: usize = 1 << 20;
+    let (listener, port) = local_listener();
+    let data: Vec<u8> = (0..SIZE).map(|i| (i % 241) as u8).collect();
+    let to_send = data.clone();
+    let server = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(&to_send).unwrap();
+    });
+    // The guest announces MSS 1460 (1500-byte MTU), as Linux does; only the offload flag
+    // makes the NAT send it larger segments.
+    let mut g = Guest::new(config(vec![]), true);
+    g.net.set_guest_offloads(crate::net::GuestOffloads {
+        csum: true,
+        tso: true,
+    });
+    let h = g.connect(GATEWAY_IP, port, 50002);
+    let mut got = Vec::new();
+    let mut biggest = 0;
+    assert!(g.run_until(20_000, |g| {
+        biggest = biggest.max(g.dev.rx.iter().map(Vec::len).max().unwrap_or(0));
+        drain(g, h, &mut got);
+        got.len() == SIZE
+    }));
+    server.join().unwrap();
+    assert!(got == data, "bytes differ");
+    assert!(
+        biggest > 1514,
+        "the NAT never sent a segment over the MTU ({biggest})"
+    );
+}
