@@ -34,6 +34,9 @@ enum Command {
         /// Path of the VmSpec JSON file.
         #[arg(long)]
         spec: PathBuf,
+        /// Seccomp filters: kill (default), log or off.
+        #[arg(long, default_value = "kill")]
+        seccomp: String,
     },
 }
 
@@ -69,6 +72,10 @@ struct RunArgs {
     /// Write the boot timeline as JSON to this file.
     #[arg(long)]
     timeline: Option<PathBuf>,
+    /// Seccomp filters of the VM's threads: kill (default), log (allow and audit-log what is
+    /// not on a list) or off.
+    #[arg(long, default_value = "kill")]
+    seccomp: String,
     /// Forward a host TCP port to the guest, QEMU hostfwd syntax:
     /// tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT (repeatable).
     #[arg(long = "forward")]
@@ -338,7 +345,30 @@ fn init_logging() {
         .try_init();
 }
 
-fn run_vm(spec: VmSpec, timeline: Timeline) -> ExitCode {
+fn run_vm(spec: VmSpec, timeline: Timeline, seccomp: &str) -> ExitCode {
+    let mode = match seccomp.parse::<seccomp::Mode>() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("cvmm: error: {e}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
+    // Nothing inherited but stdio and the forward sockets; no privilege gain through exec.
+    let keep: Vec<i32> = spec.forwards.iter().filter_map(|f| f.listen_fd).collect();
+    match crate::confine::close_inherited_fds(&keep) {
+        Ok(n) if n > 0 => tracing::info!(closed = n, "closed inherited file descriptors"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot close inherited file descriptors: {e:#}"),
+    }
+    if let Err(e) = crate::confine::no_new_privs() {
+        eprintln!("cvmm: VMM failure: {e:#}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    // Before any thread starts: the device-worker spawner must exist unfiltered first.
+    if let Err(e) = seccomp::set_mode(mode) {
+        eprintln!("cvmm: VMM failure: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     match vmm::run_spec(&spec, timeline) {
         Ok(exit) => {
             eprintln!("cvmm: {}", exit.reason());
@@ -426,7 +456,7 @@ fn run_qemu(args: Vec<String>, timeline: Timeline) -> ExitCode {
                 tracing::info!(option = %opt, "QEMU option has no meaning for cvmm; ignored");
             }
             timeline.mark("args_parsed");
-            run_vm(inv.spec, timeline)
+            run_vm(inv.spec, timeline, "kill")
         }
         Err(e) => {
             eprintln!("{}", e.report_line());
@@ -451,16 +481,19 @@ pub fn main() -> ExitCode {
     init_logging();
     let timeline = Timeline::new();
     match cli.cmd {
-        Command::Run(args) => match args.into_spec() {
-            Ok(spec) => {
-                timeline.mark("args_parsed");
-                run_vm(spec, timeline)
+        Command::Run(args) => {
+            let seccomp = args.seccomp.clone();
+            match args.into_spec() {
+                Ok(spec) => {
+                    timeline.mark("args_parsed");
+                    run_vm(spec, timeline, &seccomp)
+                }
+                Err(msg) => {
+                    eprintln!("cvmm: error: {msg}");
+                    ExitCode::from(EXIT_INPUT)
+                }
             }
-            Err(msg) => {
-                eprintln!("cvmm: error: {msg}");
-                ExitCode::from(EXIT_INPUT)
-            }
-        },
+        }
         Command::Manager => manager(),
         Command::Measure(args) => match measure(args) {
             Ok(hex) => {
@@ -472,10 +505,10 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EXIT_INPUT)
             }
         },
-        Command::Vm { spec } => match load_spec(&spec) {
+        Command::Vm { spec, seccomp } => match load_spec(&spec) {
             Ok(spec) => {
                 timeline.mark("args_parsed");
-                run_vm(spec, timeline)
+                run_vm(spec, timeline, &seccomp)
             }
             Err(e) => {
                 eprintln!("cvmm: error: {e:#}");

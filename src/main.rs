@@ -2,6 +2,7 @@
 //! API logic lives here.
 
 mod cli;
+mod confine;
 
 use std::process::ExitCode;
 

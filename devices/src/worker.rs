@@ -66,8 +66,9 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts `body` on a thread named `name`; `body` gets the poll set to register its fds in.
-    pub fn spawn<F>(name: &str, body: F) -> std::io::Result<Self>
+    /// Starts `body` on a thread named `name` under the seccomp filter of `kind` (installed
+    /// before `body` runs); `body` gets the poll set to register its fds in.
+    pub fn spawn<F>(name: &str, kind: seccomp::ThreadKind, body: F) -> std::io::Result<Self>
     where
         F: FnOnce(WorkerPoll) + Send + 'static,
     {
@@ -82,9 +83,7 @@ impl Worker {
             epoll,
             stop: stop.try_clone()?,
         };
-        let handle = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || body(poll))?;
+        let handle = seccomp::spawn(name, kind, move || body(poll))?;
         Ok(Self {
             stop,
             handle: Some(handle),
@@ -126,7 +125,7 @@ mod tests {
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let seen = Arc::new(AtomicU32::new(0));
         let (e2, s2) = (evt.try_clone().unwrap(), seen.clone());
-        let mut w = Worker::spawn("test-worker", move |poll| {
+        let mut w = Worker::spawn("test-worker", seccomp::ThreadKind::Net, move |poll| {
             poll.watch(e2.as_raw_fd(), 7).unwrap();
             loop {
                 for wake in poll.wait(-1) {

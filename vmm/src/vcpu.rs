@@ -56,6 +56,10 @@ impl VcpuShared {
 
 /// Runs vCPU `id` until the VM stops.
 pub fn run(mut fd: VcpuFd, id: u32, sh: VcpuShared) {
+    if let Err(e) = seccomp::install(seccomp::ThreadKind::Vcpu) {
+        sh.fail(VmExit::Failed(e.to_string()));
+        return;
+    }
     let mut first = true;
     while sh.running.load(Ordering::Acquire) {
         if first {

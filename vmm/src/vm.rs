@@ -301,6 +301,13 @@ impl Vm {
         if self.stdin {
             em.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(self.serial.clone()))));
         }
+        // Set-up is over: from here on the main thread only runs the event loop and shutdown.
+        if let Err(e) = seccomp::install(seccomp::ThreadKind::Main) {
+            tracing::error!(error = %e, "stopping the VM");
+            let mut f = self.shared.fault.lock().unwrap_or_else(|p| p.into_inner());
+            f.get_or_insert(VmExit::Failed(e.to_string()));
+            done.store(true, Ordering::Release);
+        }
         while !done.load(Ordering::Acquire) {
             if let Err(e) = em.run_with_timeout(50) {
                 tracing::warn!("event loop: {e:?}");

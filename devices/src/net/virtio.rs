@@ -212,7 +212,7 @@ impl VirtioDevice for VirtioNet {
         );
         let (mem, net, stats) = (ctx.mem, self.net.clone(), self.stats.clone());
         let irq: Arc<dyn VirtioInterrupt> = ctx.interrupt;
-        let worker = Worker::spawn("virtio-net", move |poll| {
+        let worker = Worker::spawn("virtio-net", seccomp::ThreadKind::Net, move |poll| {
             let net_fd = crate::bus::lock(&net).as_raw_fd();
             for (fd, token) in [
                 (rx.notify.as_raw_fd(), 0),

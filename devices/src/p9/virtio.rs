@@ -133,7 +133,7 @@ impl VirtioDevice for Virtio9p {
         let irq: Arc<dyn VirtioInterrupt> = ctx.interrupt;
         let server = self.server.clone();
         let name = format!("9p-{}", self.tag);
-        let worker = Worker::spawn(&name, move |poll| {
+        let worker = Worker::spawn(&name, seccomp::ThreadKind::NineP, move |poll| {
             if let Err(e) = poll.watch(q.notify.as_raw_fd(), 0) {
                 tracing::error!("virtio-9p: cannot watch the queue: {e}");
                 return;

@@ -1,0 +1,241 @@
+//! The allow-lists, one per thread kind. Found with `strace -f` on probe and Linux guests
+//! (net, 9p, serial, shutdown) plus what glibc and std do in any thread (allocator, futexes,
+//! signals, thread exit, logging to stderr).
+
+use crate::ThreadKind;
+use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+use std::collections::BTreeMap;
+
+/// When an allowed syscall is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cond {
+    /// Always.
+    Always,
+    /// `ioctl` with a KVM request (type byte 0xAE) on any fd.
+    IoctlKvm,
+    /// `ioctl` with one of these requests.
+    IoctlIn(&'static [u64]),
+    /// The first argument is one of these values (e.g. `prctl` options, `fcntl` commands on
+    /// the second argument are listed with `Arg1In`).
+    Arg0In(&'static [u64]),
+    /// The second argument is one of these values.
+    Arg1In(&'static [u64]),
+}
+
+impl Cond {
+    /// The seccompiler rules of this condition (none for `Always`: unconditional).
+    pub(crate) fn rules(self) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+        let eq = |arg: u8, v: u64| {
+            SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v)
+        };
+        let one_of = |arg: u8, vs: &[u64]| -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+            vs.iter()
+                .map(|&v| SeccompRule::new(vec![eq(arg, v)?]))
+                .collect()
+        };
+        match self {
+            Cond::Always => Ok(Vec::new()),
+            Cond::IoctlKvm => Ok(vec![SeccompRule::new(vec![SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(0xff00),
+                0xae00,
+            )?])?]),
+            Cond::IoctlIn(vs) | Cond::Arg1In(vs) => one_of(1, vs),
+            Cond::Arg0In(vs) => one_of(0, vs),
+        }
+    }
+}
+
+const FIONBIO: u64 = 0x5421;
+const FIONREAD: u64 = 0x541b;
+const TCGETS: u64 = 0x5401;
+const TCSETS: u64 = 0x5402;
+const TIOCGWINSZ: u64 = 0x5413;
+const PR_SET_NAME: u64 = 15;
+const PR_GET_NAME: u64 = 16;
+const PR_SET_NO_NEW_PRIVS: u64 = 38;
+
+/// What every thread does: allocate, wait on futexes, take signals, log, exit.
+const COMMON: &[i64] = &[
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_mprotect,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_tgkill,
+    libc::SYS_getrandom,
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_rseq,
+    libc::SYS_set_robust_list,
+];
+
+/// Waiting on and reading event fds.
+const POLLING: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_read,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+];
+
+/// The main thread after set-up: the event loop (stdin console, stop/term eventfds), vCPU kicks,
+/// joins, and writing the timeline and serial files at the end.
+const MAIN: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_statx,
+    libc::SYS_lseek,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fcntl,
+    libc::SYS_eventfd2,
+    libc::SYS_epoll_create1,
+    libc::SYS_rt_sigaction,
+    libc::SYS_prlimit64,
+];
+
+/// vCPU threads: KVM_RUN and the device registers they emulate, which activate devices (new
+/// eventfds and an epoll set handed to the spawner) and convert SNP memory (fallocate).
+const VCPU: &[i64] = &[
+    libc::SYS_eventfd2,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_fcntl,
+    libc::SYS_read,
+    libc::SYS_fallocate,
+];
+
+/// The NAT: host sockets for outbound TCP/UDP and forwarded connections.
+const NET: &[i64] = &[
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_accept4,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_shutdown,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_fcntl,
+];
+
+/// The 9p server: read-only access below the share's root fd.
+const NINEP: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_openat2,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_statx,
+    libc::SYS_fstatfs,
+    libc::SYS_statfs,
+    libc::SYS_getdents64,
+    libc::SYS_lseek,
+    libc::SYS_pread64,
+    libc::SYS_preadv,
+    libc::SYS_readlinkat,
+    libc::SYS_fcntl,
+    libc::SYS_dup,
+    libc::SYS_fgetxattr,
+    libc::SYS_flistxattr,
+];
+
+/// Starting threads: what `std::thread::spawn` does in the parent, and what each new thread
+/// does to install its own filter (which it inherits from the spawner's).
+const SPAWN: &[i64] = &[libc::SYS_clone, libc::SYS_clone3, libc::SYS_seccomp];
+
+fn add(map: &mut BTreeMap<i64, Vec<Cond>>, nrs: &[i64]) {
+    for &nr in nrs {
+        map.insert(nr, vec![Cond::Always]);
+    }
+}
+
+fn add_cond(map: &mut BTreeMap<i64, Vec<Cond>>, nr: i64, c: Cond) {
+    let e = map.entry(nr).or_default();
+    if !e.contains(&Cond::Always) {
+        e.push(c);
+    }
+}
+
+/// The allow-list of `kind`: syscall number → the conditions under which it is allowed (an
+/// `Always` entry stands alone).
+pub fn allowed(kind: ThreadKind) -> BTreeMap<i64, Vec<Cond>> {
+    let mut m = BTreeMap::new();
+    add(&mut m, COMMON);
+    add_cond(
+        &mut m,
+        libc::SYS_prctl,
+        Cond::Arg0In(&[PR_SET_NAME, PR_GET_NAME]),
+    );
+    match kind {
+        ThreadKind::Main => {
+            add(&mut m, POLLING);
+            add(&mut m, MAIN);
+            add_cond(&mut m, libc::SYS_ioctl, Cond::IoctlKvm);
+            add_cond(
+                &mut m,
+                libc::SYS_ioctl,
+                Cond::IoctlIn(&[TCGETS, TCSETS, TIOCGWINSZ, FIONBIO]),
+            );
+        }
+        ThreadKind::Vcpu => {
+            add(&mut m, VCPU);
+            add_cond(&mut m, libc::SYS_ioctl, Cond::IoctlKvm);
+        }
+        ThreadKind::Net => {
+            add(&mut m, POLLING);
+            add(&mut m, NET);
+            add_cond(&mut m, libc::SYS_ioctl, Cond::IoctlIn(&[FIONBIO, FIONREAD]));
+        }
+        ThreadKind::NineP => {
+            add(&mut m, POLLING);
+            add(&mut m, NINEP);
+            add_cond(&mut m, libc::SYS_ioctl, Cond::IoctlIn(&[FIONBIO]));
+        }
+        ThreadKind::Spawner => {
+            // The union of the children it starts, plus thread creation.
+            for child in [ThreadKind::Net, ThreadKind::NineP] {
+                for (nr, conds) in allowed(child) {
+                    for c in conds {
+                        if c == Cond::Always {
+                            m.insert(nr, vec![Cond::Always]);
+                        } else {
+                            add_cond(&mut m, nr, c);
+                        }
+                    }
+                }
+            }
+            add(&mut m, SPAWN);
+            add_cond(
+                &mut m,
+                libc::SYS_prctl,
+                Cond::Arg0In(&[PR_SET_NO_NEW_PRIVS]),
+            );
+        }
+    }
+    m
+}

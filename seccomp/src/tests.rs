@@ -1,0 +1,122 @@
+//! Each filter, installed in a forked child in kill mode, lets an allowed syscall through and
+//! kills the child with SIGSYS on one its kind does not allow. The program is compiled in the
+//! parent; the child only calls prctl/seccomp and the probe syscalls (fork-safe).
+
+use super::*;
+
+/// Runs `probe` in a child under `kind`'s filter; returns the child's wait status.
+fn in_filtered_child(kind: ThreadKind, mode: Mode, probe: impl FnOnce()) -> i32 {
+    let prog = program(kind, mode).unwrap().unwrap();
+    // SAFETY: fork in a test; the child only makes raw syscalls and _exit()s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        if apply(kind, &prog).is_err() {
+            // SAFETY: ending the child without running the parent's destructors.
+            unsafe { libc::_exit(3) };
+        }
+        probe();
+        // SAFETY: as above.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child with a valid pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid);
+    status
+}
+
+fn killed_by_sigsys(status: i32) -> bool {
+    libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS
+}
+
+fn exited_ok(status: i32) -> bool {
+    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+}
+
+/// A syscall each kind must not be allowed, besides the common probe.
+fn forbidden_for(kind: ThreadKind) -> i64 {
+    match kind {
+        ThreadKind::Net => libc::SYS_openat, // no file access from the NAT
+        ThreadKind::NineP | ThreadKind::Vcpu => libc::SYS_socket, // no network
+        ThreadKind::Main => libc::SYS_socket,
+        ThreadKind::Spawner => libc::SYS_execve,
+    }
+}
+
+#[test]
+fn every_kind_allows_its_basics() {
+    for kind in ThreadKind::ALL {
+        let st = in_filtered_child(kind, Mode::Kill, || {
+            // SAFETY: argument-free syscalls.
+            unsafe {
+                libc::syscall(libc::SYS_getpid);
+                libc::syscall(libc::SYS_gettid);
+            }
+        });
+        assert!(exited_ok(st), "{}: status {st:#x}", kind.name());
+    }
+}
+
+#[test]
+fn every_kind_kills_on_a_forbidden_syscall() {
+    for kind in ThreadKind::ALL {
+        for nr in [FORBIDDEN_PROBE, forbidden_for(kind)] {
+            let st = in_filtered_child(kind, Mode::Kill, || {
+                // SAFETY: the syscall is refused before it runs (arguments are never read).
+                unsafe { libc::syscall(nr, 0, 0, 0) };
+            });
+            assert!(
+                killed_by_sigsys(st),
+                "{} syscall {nr}: status {st:#x}",
+                kind.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn log_mode_lets_the_forbidden_syscall_through() {
+    let st = in_filtered_child(ThreadKind::Vcpu, Mode::Log, || {
+        // SAFETY: getppid has no arguments.
+        unsafe { libc::syscall(FORBIDDEN_PROBE) };
+    });
+    assert!(exited_ok(st), "status {st:#x}");
+}
+
+#[test]
+fn vcpu_ioctls_are_limited_to_kvm_requests() {
+    let kvm_run = 0xae80u64;
+    let st = in_filtered_child(ThreadKind::Vcpu, Mode::Kill, || {
+        // SAFETY: ioctl on an invalid fd fails with EBADF once the filter lets it through.
+        unsafe { libc::ioctl(-1, kvm_run as _) };
+    });
+    assert!(exited_ok(st), "KVM_RUN allowed: {st:#x}");
+    let st = in_filtered_child(ThreadKind::Vcpu, Mode::Kill, || {
+        // SAFETY: as above; TCSETS is not a KVM request.
+        unsafe { libc::ioctl(-1, 0x5402 as _) };
+    });
+    assert!(killed_by_sigsys(st), "TCSETS refused: {st:#x}");
+}
+
+#[test]
+fn the_spawner_holds_the_union_of_its_children() {
+    let spawner = allowed(ThreadKind::Spawner);
+    for child in [ThreadKind::Net, ThreadKind::NineP] {
+        for nr in allowed(child).keys() {
+            assert!(spawner.contains_key(nr), "{} syscall {nr}", child.name());
+        }
+    }
+    assert!(spawner.contains_key(&libc::SYS_clone3));
+    assert!(!allowed(ThreadKind::Vcpu).contains_key(&libc::SYS_clone3));
+}
+
+#[test]
+fn modes_parse_and_bad_ones_are_named() {
+    assert_eq!("kill".parse::<Mode>().unwrap(), Mode::Kill);
+    assert_eq!("log".parse::<Mode>().unwrap(), Mode::Log);
+    assert_eq!("off".parse::<Mode>().unwrap(), Mode::Off);
+    let e = "strict".parse::<Mode>().unwrap_err().to_string();
+    assert!(e.contains("'strict'"), "{e}");
+    assert!(program(ThreadKind::Main, Mode::Off).unwrap().is_none());
+}
