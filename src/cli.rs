@@ -29,6 +29,9 @@ enum Command {
     Manager,
     /// Print the expected launch measurement (SNP digest or TDX MRTD) offline, in hex or base64.
     Measure(MeasureArgs),
+    /// Boot-latency benchmark: N runs of `cvmm run ARGS` (and `--vs` another VMM), phase by
+    /// phase, as a table, JSON, Markdown and a PNG.
+    Bench(crate::bench::BenchArgs),
     /// (internal) Run one VM described by a JSON VmSpec; used by `cvmm manager`.
     Vm {
         /// Path of the VmSpec JSON file.
@@ -495,6 +498,14 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Manager => manager(),
+        Command::Bench(args) => match crate::bench::bench(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(EXIT_FAILURE),
+            Err(e) => {
+                eprintln!("cvmm: error: {e:#}");
+                ExitCode::from(EXIT_INPUT)
+            }
+        },
         Command::Measure(args) => match measure(args) {
             Ok(hex) => {
                 println!("{hex}");

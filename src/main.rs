@@ -1,6 +1,7 @@
 //! `cvmm`: the command line. Parses arguments and hands over to the library crates; no VM or
 //! API logic lives here.
 
+mod bench;
 mod cli;
 mod confine;
 

@@ -1,0 +1,277 @@
+//! `cvmm bench`: boots the same VM N times (after K warm-ups) and reports the boot timeline phase
+//! by phase (min/median/p90/max), peak RSS and, with `--vs`, the same guest under another VMM run
+//! alternately, as a table, JSON, Markdown and a stacked-bar PNG. A failing run of either side is
+//! reported and makes the command fail; nothing is averaged away.
+
+mod plot;
+mod run;
+mod stats;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use run::{OneRun, Outcome};
+use serde::Serialize;
+use stats::Summary;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `cvmm bench` flags.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Measured runs of each side.
+    #[arg(long, default_value = "10")]
+    runs: usize,
+    /// Unmeasured runs before (page cache, first exec).
+    #[arg(long, default_value = "1")]
+    warmup: usize,
+    /// Another VMM's command line (run with `sh -c`), alternated with cvmm.
+    #[arg(long)]
+    vs: Option<String>,
+    /// A line fragment on the guest console that marks "ready" (e.g. `cvmm-probe: ready`).
+    #[arg(long)]
+    ready_marker: Option<String>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a Markdown table here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Draw the phase breakdown as a PNG here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Longest a single run may take (a hang guard), in seconds.
+    #[arg(long, default_value = "120")]
+    timeout: u64,
+    /// `cvmm run` arguments (after `--`).
+    #[arg(last = true, required = true)]
+    run_args: Vec<String>,
+}
+
+/// Everything `cvmm bench` measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Measured runs per side.
+    pub runs: usize,
+    /// Warm-up runs per side.
+    pub warmup: usize,
+    /// The `cvmm run` arguments.
+    pub cvmm_args: Vec<String>,
+    /// Timeline phases in boot order, microseconds since process start.
+    pub phases: Vec<PhaseStats>,
+    /// cvmm's own share of the boot: process start to the first KVM_RUN, ms.
+    pub vmm_share_ms: Option<Summary>,
+    /// cvmm wall time to exit, ms.
+    pub cvmm_exit_ms: Option<Summary>,
+    /// cvmm time to the ready marker, ms.
+    pub cvmm_ready_ms: Option<Summary>,
+    /// cvmm peak RSS, KiB.
+    pub cvmm_rss_kib: Option<Summary>,
+    /// The other VMM, when `--vs` was given.
+    pub other: Option<OtherReport>,
+    /// Failed runs, each with what went wrong.
+    pub failures: Vec<String>,
+}
+
+/// One timeline phase over the runs.
+#[derive(Debug, Serialize)]
+pub struct PhaseStats {
+    /// Phase name (`kvm_vm_created`, `port80:0x40`, `first_kvm_run[vcpu0]`, ...).
+    pub phase: String,
+    /// Milliseconds since process start.
+    pub ms: Summary,
+}
+
+/// The `--vs` side.
+#[derive(Debug, Serialize)]
+pub struct OtherReport {
+    /// Its command.
+    pub command: String,
+    /// Wall time to exit, ms.
+    pub exit_ms: Option<Summary>,
+    /// Time to the ready marker, ms.
+    pub ready_ms: Option<Summary>,
+    /// Peak RSS, KiB.
+    pub rss_kib: Option<Summary>,
+    /// cvmm / other, medians of the exit times.
+    pub exit_ratio: Option<f64>,
+    /// cvmm / other, medians of the ready times.
+    pub ready_ratio: Option<f64>,
+}
+
+/// Runs the benchmark; the exit status is non-zero when any run failed.
+pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
+    if args.runs == 0 {
+        bail!("--runs 0: at least one measured run is needed");
+    }
+    if args.run_args.iter().any(|a| a == "--timeline") {
+        bail!("the `cvmm run` arguments must not set --timeline: cvmm bench sets its own");
+    }
+    let exe = std::env::current_exe().context("finding the cvmm executable")?;
+    let limit = Duration::from_secs(args.timeout);
+    let marker = args.ready_marker.as_deref();
+    let mut cvmm: Vec<OneRun> = Vec::new();
+    let mut other: Vec<OneRun> = Vec::new();
+    let mut failures = Vec::new();
+    for i in 0..args.warmup + args.runs {
+        let measured = i >= args.warmup;
+        let label = if measured {
+            format!("run {}", i - args.warmup + 1)
+        } else {
+            format!("warm-up {}", i + 1)
+        };
+        match run::cvmm(&exe, &args.run_args, marker, limit) {
+            Ok(r) if measured => cvmm.push(r),
+            Ok(_) => {}
+            Err(e) => failures.push(format!("cvmm {label}: {e:#}")),
+        }
+        if let Some(cmd) = &args.vs {
+            match run::other(cmd, marker, limit) {
+                Ok(r) if measured => other.push(r),
+                Ok(_) => {}
+                Err(e) => failures.push(format!("--vs {label}: {e:#}")),
+            }
+        }
+        tracing::info!(run = %label, "bench run done");
+    }
+    let report = build_report(&args, &cvmm, &other, failures);
+    print!("{}", markdown(&report));
+    if let Some(p) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(p, text).with_context(|| format!("writing '{}'", p.display()))?;
+    }
+    if let Some(p) = &args.markdown {
+        std::fs::write(p, markdown(&report))
+            .with_context(|| format!("writing '{}'", p.display()))?;
+    }
+    if let Some(p) = &args.plot {
+        plot::draw(&report, p).with_context(|| format!("drawing '{}'", p.display()))?;
+    }
+    for f in &report.failures {
+        eprintln!("cvmm bench: FAILED {f}");
+    }
+    Ok(report.failures.is_empty())
+}
+
+fn build_report(
+    args: &BenchArgs,
+    cvmm: &[OneRun],
+    other: &[OneRun],
+    failures: Vec<String>,
+) -> Report {
+    // Phases in the order of the first run; every run's value where present.
+    let mut order: Vec<String> = Vec::new();
+    let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in cvmm {
+        if let Outcome::Timeline(events) = &r.outcome {
+            for (name, us) in events {
+                if !order.contains(name) {
+                    order.push(name.clone());
+                }
+                values
+                    .entry(name.clone())
+                    .or_default()
+                    .push(*us as f64 / 1000.0);
+            }
+        }
+    }
+    let phases = order
+        .iter()
+        .filter_map(|p| {
+            Some(PhaseStats {
+                phase: p.clone(),
+                ms: Summary::of(values.get(p)?)?,
+            })
+        })
+        .collect();
+    let first_run: Vec<f64> = cvmm
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Timeline(ev) => ev
+                .iter()
+                .find(|(n, _)| n.starts_with("first_kvm_run"))
+                .map(|(_, us)| *us as f64 / 1000.0),
+            Outcome::Plain => None,
+        })
+        .collect();
+    let exit = |rs: &[OneRun]| Summary::of(&rs.iter().map(|r| r.exit_ms).collect::<Vec<_>>());
+    let ready =
+        |rs: &[OneRun]| Summary::of(&rs.iter().filter_map(|r| r.ready_ms).collect::<Vec<_>>());
+    let rss =
+        |rs: &[OneRun]| Summary::of(&rs.iter().map(|r| r.maxrss_kib as f64).collect::<Vec<_>>());
+    let ratio = |a: &Option<Summary>, b: &Option<Summary>| match (a, b) {
+        (Some(a), Some(b)) if b.median > 0.0 => Some(a.median / b.median),
+        _ => None,
+    };
+    let (c_exit, c_ready) = (exit(cvmm), ready(cvmm));
+    let other = args.vs.as_ref().map(|cmd| {
+        let (o_exit, o_ready) = (exit(other), ready(other));
+        OtherReport {
+            command: cmd.clone(),
+            exit_ratio: ratio(&c_exit, &o_exit),
+            ready_ratio: ratio(&c_ready, &o_ready),
+            exit_ms: o_exit,
+            ready_ms: o_ready,
+            rss_kib: rss(other),
+        }
+    });
+    Report {
+        runs: args.runs,
+        warmup: args.warmup,
+        cvmm_args: args.run_args.clone(),
+        phases,
+        vmm_share_ms: Summary::of(&first_run),
+        cvmm_exit_ms: c_exit,
+        cvmm_ready_ms: c_ready,
+        cvmm_rss_kib: rss(cvmm),
+        other,
+        failures,
+    }
+}
+
+fn cells(s: &Option<Summary>) -> String {
+    match s {
+        Some(s) => format!(
+            "{:.2} | {:.2} | {:.2} | {:.2}",
+            s.min, s.median, s.p90, s.max
+        ),
+        None => "– | – | – | –".into(),
+    }
+}
+
+/// The report as Markdown tables (also what is printed).
+pub fn markdown(r: &Report) -> String {
+    let mut out = format!(
+        "cvmm bench: {} runs (+{} warm-up), cvmm run {}\n\n| phase (ms since process start) | min | median | p90 | max |\n|---|---|---|---|---|\n",
+        r.runs,
+        r.warmup,
+        r.cvmm_args.join(" ")
+    );
+    for p in &r.phases {
+        out += &format!("| {} | {} |\n", p.phase, cells(&Some(p.ms)));
+    }
+    out += "\n| measure | min | median | p90 | max |\n|---|---|---|---|---|\n";
+    out += &format!(
+        "| cvmm: process start → first KVM_RUN (ms) | {} |\n",
+        cells(&r.vmm_share_ms)
+    );
+    out += &format!("| cvmm: ready (ms) | {} |\n", cells(&r.cvmm_ready_ms));
+    out += &format!("| cvmm: exit (ms) | {} |\n", cells(&r.cvmm_exit_ms));
+    out += &format!("| cvmm: peak RSS (KiB) | {} |\n", cells(&r.cvmm_rss_kib));
+    if let Some(o) = &r.other {
+        out += &format!("| other: ready (ms) | {} |\n", cells(&o.ready_ms));
+        out += &format!("| other: exit (ms) | {} |\n", cells(&o.exit_ms));
+        out += &format!("| other: peak RSS (KiB) | {} |\n", cells(&o.rss_kib));
+        let f = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
+        out += &format!(
+            "\nratio cvmm / other (medians): ready {}, exit {}  (other: `{}`)\n",
+            f(o.ready_ratio),
+            f(o.exit_ratio),
+            o.command
+        );
+    }
+    if !r.failures.is_empty() {
+        out += &format!("\nFAILED runs: {}\n", r.failures.len());
+    }
+    out
+}
