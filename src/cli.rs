@@ -129,6 +129,10 @@ struct MeasureArgs {
     /// How the measurement is printed: hex (lower case) or base64.
     #[arg(long = "output-format", default_value = "hex")]
     output_format: String,
+    /// Before the measurement, explain the launch plan (pages by type, bytes hashed) and
+    /// predict the launch time.
+    #[arg(long)]
+    explain: bool,
 }
 
 fn read_input(what: &str, p: &std::path::Path) -> anyhow::Result<Vec<u8>> {
@@ -192,6 +196,17 @@ fn measure_bytes(a: MeasureArgs) -> anyhow::Result<Vec<u8>> {
         if a.kernel.is_some() || a.ovmf_hash.is_some() {
             anyhow::bail!("--mode tdx measures the firmware (TDVF or IGVM) only");
         }
+        if a.explain {
+            let plan = match &firmware {
+                tee::Firmware::Ovmf { name, data } => {
+                    tee::tdx_plan::TdxPlan::from_tdvf(name, data)?
+                }
+                tee::Firmware::Igvm { name, data } => {
+                    tee::tdx_plan::TdxPlan::from_igvm(name, data)?
+                }
+            };
+            print!("{}", crate::explain::tdx(&plan));
+        }
         return Ok(tee::tdx_mrtd(&firmware)?.to_vec());
     }
     let ovmf_hash = match &a.ovmf_hash {
@@ -226,6 +241,12 @@ fn measure_bytes(a: MeasureArgs) -> anyhow::Result<Vec<u8>> {
             .with_context(|| format!("--guest-features '{}': not a number", a.guest_features))?,
         ovmf_hash,
     };
+    if a.explain {
+        print!(
+            "{}",
+            crate::explain::snp(&tee::plan::LaunchPlan::from_inputs(&inputs)?)
+        );
+    }
     Ok(tee::snp_digest(&inputs)?.to_vec())
 }
 

@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod confine;
+mod explain;
 
 use std::process::ExitCode;
 

@@ -104,3 +104,44 @@ fn tdx_mrtd_of_debian_ovmf_matches_the_library_oracle_checked_value() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn explain_breaks_the_plan_down_and_still_ends_with_the_measurement() {
+    let ovmf = "/usr/share/ovmf/OVMF.fd";
+    if !std::path::Path::new(ovmf).exists() {
+        return skip("no /usr/share/ovmf/OVMF.fd (apt-get install ovmf)");
+    }
+    for (mode, heading, unit) in [
+        ("snp", "SNP launch plan", "LAUNCH_UPDATE ranges:"),
+        ("tdx", "TDX launch plan", "KVM_TDX_INIT_MEM_REGION ranges:"),
+    ] {
+        let plain = Command::new(common::cvmm())
+            .args(["measure", "--mode", mode, "--ovmf", ovmf])
+            .output()
+            .unwrap();
+        let out = Command::new(common::cvmm())
+            .args(["measure", "--mode", mode, "--ovmf", ovmf, "--explain"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], heading, "{text}");
+        assert!(text.contains(unit), "{text}");
+        assert!(text.contains("predicted launch phase: ~"), "{text}");
+        assert!(
+            text.contains("(assumed costs)"),
+            "estimates are labelled: {text}"
+        );
+        // The measurement is unchanged and still the last line.
+        assert_eq!(
+            lines.last().copied(),
+            String::from_utf8_lossy(&plain.stdout).lines().next(),
+            "{mode}"
+        );
+    }
+}
