@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 /// The NIC with its user-mode network and the spec's port forwards (sockets bound or
 /// inherited here, so a taken port fails the VM before it boots).
-fn user_net(spec: &VmSpec) -> Result<VirtioNet> {
+fn user_net(spec: &VmSpec, timeline: &crate::timeline::Timeline) -> Result<VirtioNet> {
     let mut forwards = Vec::new();
     for f in &spec.forwards {
         let listener = match f.listen_fd {
@@ -61,7 +61,9 @@ fn user_net(spec: &VmSpec) -> Result<VirtioNet> {
             UserNetConfig::with_dns(forwards, Vec::new())
         }
     };
-    let net = UserNet::new(cfg).map_err(|e| VmmError::Input(format!("guest network: {e}")))?;
+    let mut net = UserNet::new(cfg).map_err(|e| VmmError::Input(format!("guest network: {e}")))?;
+    let tl = timeline.clone();
+    net.set_phase_sink(Box::new(move |phase| tl.mark(phase)));
     Ok(VirtioNet::new(DEFAULT_GUEST_MAC, net))
 }
 
@@ -72,6 +74,7 @@ pub fn attach_pci(
     mem: &GuestMem,
     pio: &mut PioBus,
     mmio: &mut MmioBus,
+    timeline: &crate::timeline::Timeline,
 ) -> Result<Arc<Mutex<PciBus>>> {
     let router = Arc::new(KvmMsiRouter::new(vm.clone()));
     let ioevents = Arc::new(KvmIoEvents::new(vm.clone()));
@@ -94,7 +97,7 @@ pub fn attach_pci(
     };
 
     if spec.net {
-        add(Box::new(user_net(spec)?), "virtio-net")?;
+        add(Box::new(user_net(spec, timeline)?), "virtio-net")?;
     }
 
     for share in &spec.shares {

@@ -236,7 +236,7 @@ impl Vm {
 
         let mem = Arc::new(mem);
         let mut mmio = MmioBus::default();
-        let pci = crate::devices::attach_pci(spec, &vm, &mem, &mut pio, &mut mmio)?;
+        let pci = crate::devices::attach_pci(spec, &vm, &mem, &mut pio, &mut mmio, &timeline)?;
 
         Ok(Self {
             _kvm: kvm,

@@ -26,7 +26,7 @@ pub use config::{
     UserNetConfig, DNS_IP, GATEWAY_IP, GATEWAY_MAC, GUEST_IP, NETMASK, PREFIX_LEN,
 };
 pub use error::NetError;
-pub use usernet::{GuestOffloads, NetStats, UserNet};
+pub use usernet::{GuestOffloads, NetStats, PhaseSink, UserNet};
 
 #[cfg(test)]
 mod tests;

@@ -85,6 +85,8 @@ pub(crate) struct TcpNat {
     limits: Limits,
     /// Guest SYNs whose host connect failed; the caller answers them with RSTs.
     pub refused: Vec<(Tuple, TcpInfo)>,
+    /// Connections accepted on the forward listeners so far.
+    pub accepted: u64,
 }
 
 impl TcpNat {
@@ -117,6 +119,7 @@ impl TcpNat {
             next_port: *EPHEMERAL.start(),
             limits,
             refused: Vec::new(),
+            accepted: 0,
         })
     }
 
@@ -286,7 +289,10 @@ impl TcpNat {
             while self.conns.len() + self.pending.len() < self.limits.max_tcp {
                 let guest_port = self.forwards[i].guest_port;
                 let (stream, peer) = match self.forwards[i].listener.accept() {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        self.accepted += 1;
+                        x
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => {
                         tracing::warn!(guest_port, error = %e, "accept failed");

@@ -60,7 +60,14 @@ pub struct UserNet {
     next_token: u64,
     ip_ident: u16,
     offloads: GuestOffloads,
+    phase_sink: Option<PhaseSink>,
+    seen_guest_frame: bool,
+    seen_accept: bool,
 }
+
+/// Told, once each, the first guest frame (`net_first_guest_frame`) and the first connection
+/// accepted on a port forward (`fwd_first_accept`): phases of a boot timeline.
+pub type PhaseSink = Box<dyn Fn(&'static str) + Send>;
 
 /// Receive offloads the guest's NIC driver accepted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +140,9 @@ impl UserNet {
             udp_timeout: limits.udp_timeout,
             guest_mac: None,
             offloads: GuestOffloads::default(),
+            phase_sink: None,
+            seen_guest_frame: false,
+            seen_accept: false,
             epoch,
             next_token,
             ip_ident: 0,
@@ -142,6 +152,17 @@ impl UserNet {
     /// An epoll fd that is readable when a host socket can be served; then call [`Self::poll`].
     pub fn as_raw_fd(&self) -> RawFd {
         self.epoll.as_raw_fd()
+    }
+
+    /// Reports first-time network events to `sink`.
+    pub fn set_phase_sink(&mut self, sink: PhaseSink) {
+        self.phase_sink = Some(sink);
+    }
+
+    fn phase(&self, name: &'static str) {
+        if let Some(s) = &self.phase_sink {
+            s(name);
+        }
     }
 
     /// Sets the receive offloads the guest's driver negotiated (at device activation).
@@ -156,6 +177,10 @@ impl UserNet {
 
     /// Takes one Ethernet frame transmitted by the guest. Malformed frames are dropped.
     pub fn guest_transmit(&mut self, frame: &[u8]) {
+        if !self.seen_guest_frame {
+            self.seen_guest_frame = true;
+            self.phase("net_first_guest_frame");
+        }
         let Some((src_mac, parsed)) = wire::parse(frame) else {
             tracing::trace!(len = frame.len(), "dropping malformed guest frame");
             return;
@@ -377,6 +402,7 @@ impl UserNet {
             now: ts,
         };
         self.tcp.accept_forwards(&mut cx, &mut token);
+        let first_accept = !self.seen_accept && self.tcp.accepted > 0;
         self.tcp.poll_pending(&mut cx, now);
         cx.iface.poll(ts, cx.dev, cx.sockets);
         self.tcp.pump_all(&mut cx);
@@ -387,6 +413,10 @@ impl UserNet {
         self.tcp.reap(&mut cx);
         self.tcp.update_interest(&self.epoll, &self.sockets);
         self.next_token = next;
+        if first_accept {
+            self.seen_accept = true;
+            self.phase("fwd_first_accept");
+        }
 
         for (tuple, seg) in std::mem::take(&mut self.tcp.refused) {
             if let Some(mac) = self.guest_mac {

@@ -387,3 +387,41 @@ fn a_guest_taking_tso_frames_gets_large_segments_intact() {
         "the NAT never sent a segment over the MTU ({biggest})"
     );
 }
+
+#[test]
+fn first_guest_frame_and_first_forwarded_connection_are_reported_once() {
+    use std::sync::{Arc, Mutex};
+    let (listener, host_port) = local_listener();
+    let fwd = PortForward {
+        listener,
+        guest_port: 7002,
+    };
+    let mut g = Guest::new(config(vec![fwd]), true);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    g.net
+        .set_phase_sink(Box::new(move |p| s.lock().unwrap().push(p)));
+    let h = g.tcp_socket(64 * 1024);
+    g.tcp(h).listen(7002).unwrap();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut c = TcpStream::connect(("127.0.0.1", host_port)).unwrap();
+                c.write_all(b"x").unwrap();
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(g.run_until(1000, |g| {
+        let n = seen.lock().unwrap().len();
+        g.tcp(h).is_active() && n == 2
+    }));
+    g.run_until(100, |_| false);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["fwd_first_accept", "net_first_guest_frame"],
+        "each phase once, in the order they happened"
+    );
+}
