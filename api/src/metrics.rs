@@ -1,6 +1,6 @@
 //! Prometheus metrics in the text exposition format, kept by hand (no metrics crate):
 //! request counts and latency summaries per API method (the Go manager's names), VMs running,
-//! VM exits, and boot-phase times read from each VM's timeline.
+//! VM exits, and a histogram per boot phase read from each VM's timeline.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -13,11 +13,24 @@ struct Sum {
     total: f64,
 }
 
+/// Upper bounds (seconds) of the boot-phase histogram buckets.
+const PHASE_BUCKETS: [f64; 15] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
+
+#[derive(Default, Clone, Copy)]
+struct Hist {
+    count: u64,
+    total: f64,
+    /// Per bucket (not cumulative) counts; samples above the last bound only in `count`.
+    buckets: [u64; PHASE_BUCKETS.len()],
+}
+
 /// The manager's counters.
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<&'static str, Sum>>,
-    phases: Mutex<BTreeMap<String, Sum>>,
+    phases: Mutex<BTreeMap<String, Hist>>,
     exits: Mutex<u64>,
 }
 
@@ -42,9 +55,12 @@ impl Metrics {
     /// Adds one boot phase time (seconds since the VM process started).
     pub fn boot_phase(&self, phase: &str, secs: f64) {
         let mut p = lock(&self.phases);
-        let s = p.entry(phase.to_string()).or_default();
-        s.count += 1;
-        s.total += secs;
+        let h = p.entry(phase.to_string()).or_default();
+        h.count += 1;
+        h.total += secs;
+        if let Some(i) = PHASE_BUCKETS.iter().position(|b| secs <= *b) {
+            h.buckets[i] += 1;
+        }
     }
 
     /// The exposition text; `running` is the current number of running VMs.
@@ -83,9 +99,22 @@ impl Metrics {
         out.push_str(
             "# HELP manager_vm_boot_phase_seconds Time from VM process start to each boot phase.\n",
         );
-        out.push_str("# TYPE manager_vm_boot_phase_seconds summary\n");
+        out.push_str("# TYPE manager_vm_boot_phase_seconds histogram\n");
         for (p, s) in lock(&self.phases).iter() {
             let p = p.replace(['"', '\\', '\n'], "_");
+            let mut cumulative = 0;
+            for (bound, n) in PHASE_BUCKETS.iter().zip(s.buckets) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "manager_vm_boot_phase_seconds_bucket{{phase=\"{p}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "manager_vm_boot_phase_seconds_bucket{{phase=\"{p}\",le=\"+Inf\"}} {}",
+                s.count
+            );
             let _ = writeln!(
                 out,
                 "manager_vm_boot_phase_seconds_sum{{phase=\"{p}\"}} {}",
@@ -149,5 +178,39 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("debug_port"));
+        assert!(text.contains("# TYPE manager_vm_boot_phase_seconds histogram\n"));
+        assert!(
+            text.contains(
+                "manager_vm_boot_phase_seconds_bucket{phase=\"first_kvm_run\",le=\"2\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "manager_vm_boot_phase_seconds_bucket{phase=\"first_kvm_run\",le=\"5\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "manager_vm_boot_phase_seconds_bucket{phase=\"first_kvm_run\",le=\"+Inf\"} 1\n"
+            ),
+            "{text}"
+        );
+        // A second sample below the first bucket counts in every cumulative bucket.
+        m.boot_phase("first_kvm_run", 0.0005);
+        let text = m.render(0);
+        assert!(
+            text.contains(
+                "manager_vm_boot_phase_seconds_bucket{phase=\"first_kvm_run\",le=\"0.001\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "manager_vm_boot_phase_seconds_bucket{phase=\"first_kvm_run\",le=\"5\"} 2\n"
+            ),
+            "{text}"
+        );
     }
 }
