@@ -388,6 +388,16 @@ fn run_vm(spec: VmSpec, timeline: Timeline, seccomp: &str) -> ExitCode {
         eprintln!("cvmm: VMM failure: {e:#}");
         return ExitCode::from(EXIT_FAILURE);
     }
+    // Landlock before any thread starts, so every thread inherits it.
+    match crate::confine::spec_paths(&spec)
+        .and_then(|(read, write)| crate::confine::restrict_files(&read, &write))
+    {
+        Ok(status) => tracing::info!(
+            ?status,
+            "file access limited to the VM's own files (Landlock)"
+        ),
+        Err(e) => tracing::warn!("Landlock not applied: {e:#}"),
+    }
     // Before any thread starts: the device-worker spawner must exist unfiltered first.
     if let Err(e) = seccomp::set_mode(mode) {
         eprintln!("cvmm: VMM failure: {e}");
