@@ -66,6 +66,12 @@ fn a_forbidden_syscall_in_any_thread_kind_kills_the_vmm() {
             r.code,
             r.stderr
         );
+        assert!(
+            r.stderr
+                .contains(&format!("made forbidden syscall {}", libc::SYS_getppid)),
+            "{kind}: the reporter names the syscall: {}",
+            r.stderr
+        );
     }
 }
 

@@ -13,6 +13,7 @@
 //! each filter kills the process).
 
 mod lists;
+mod sigsys;
 mod spawner;
 
 pub use lists::{allowed, Cond};
@@ -66,7 +67,8 @@ pub enum Mode {
     Off,
     /// Allow it, but have the kernel log it (audit log): for finding missing entries.
     Log,
-    /// Kill the whole process with SIGSYS (the default).
+    /// Kill the whole process with SIGSYS (the default), after printing the thread and the
+    /// syscall number to stderr.
     Kill,
 }
 
@@ -111,6 +113,9 @@ fn encode(m: Mode) -> u8 {
 /// with log or kill it also starts the worker spawner.
 pub fn set_mode(m: Mode) -> Result<(), SeccompError> {
     MODE.store(encode(m), Ordering::SeqCst);
+    if m == Mode::Kill {
+        sigsys::install_reporter()?;
+    }
     if m != Mode::Off {
         spawner::start()?;
     }
@@ -131,7 +136,8 @@ pub fn program(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>, Secco
     let mismatch = match mode {
         Mode::Off => return Ok(None),
         Mode::Log => SeccompAction::Log,
-        Mode::Kill => SeccompAction::KillProcess,
+        // Trap: the SIGSYS reporter names the syscall, then the process dies of SIGSYS.
+        Mode::Kill => SeccompAction::Trap,
     };
     let build = |reason: String| SeccompError::Build {
         kind: kind.name(),

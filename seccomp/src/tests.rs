@@ -120,3 +120,52 @@ fn modes_parse_and_bad_ones_are_named() {
     assert!(e.contains("'strict'"), "{e}");
     assert!(program(ThreadKind::Main, Mode::Off).unwrap().is_none());
 }
+
+#[test]
+fn kill_mode_names_the_thread_and_the_syscall_before_dying() {
+    let prog = program(ThreadKind::Net, Mode::Kill).unwrap().unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: creating a pipe into a local array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fork in a test; the child only makes raw syscalls and _exit()s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: redirecting the child's stderr into the pipe, naming the thread, installing
+        // the reporter and the filter, then the forbidden call.
+        unsafe {
+            libc::dup2(fds[1], 2);
+            libc::prctl(libc::PR_SET_NAME, c"virtio-net".as_ptr());
+            if sigsys::install_reporter().is_err() || apply(ThreadKind::Net, &prog).is_err() {
+                libc::_exit(3);
+            }
+            libc::syscall(FORBIDDEN_PROBE);
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: closing our copy of the write end, reading the child's stderr, reaping it.
+    let (status, text) = unsafe {
+        libc::close(fds[1]);
+        let mut buf = [0u8; 512];
+        let mut len = 0;
+        while len < buf.len() {
+            let n = libc::read(fds[0], buf[len..].as_mut_ptr().cast(), buf.len() - len);
+            if n <= 0 {
+                break;
+            }
+            len += n as usize;
+        }
+        let mut st = 0;
+        libc::waitpid(pid, &mut st, 0);
+        libc::close(fds[0]);
+        (st, String::from_utf8_lossy(&buf[..len]).into_owned())
+    };
+    assert!(killed_by_sigsys(status), "status {status:#x}");
+    assert_eq!(
+        text,
+        format!(
+            "cvmm: seccomp: thread 'virtio-net' made forbidden syscall {FORBIDDEN_PROBE} \
+             (rerun with --seccomp log to audit-log instead)\n"
+        )
+    );
+}
