@@ -1,4 +1,5 @@
-//! Soak of `cvmm manager` with the probe guest: 200 CreateVm/RemoveVm cycles must leave the
+//! Soak of `cvmm manager` with the probe guest: 200 CreateVm/RemoveVm cycles (or
+//! `CVMM_SOAK_CYCLES`; the full soak is 1000) must leave the
 //! manager with no more open fds or threads than before, no child processes, every forwarded
 //! port bindable and no VM files in the state directory. A second run measures CreateVm latency
 //! (call to response) and CreateVm to the forwarded port answering `ECHO x`, for 1 and 10
@@ -15,7 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-const CYCLES: usize = 200;
+/// Cycles of the leak soak unless `CVMM_SOAK_CYCLES` says otherwise.
+const DEFAULT_CYCLES: usize = 200;
 const RANGE: u16 = 12;
 
 struct Manager {
@@ -212,6 +214,12 @@ fn create_remove_cycles_leak_nothing() {
     if !kvm_available("manager soak") {
         return;
     }
+    let cycles = match std::env::var("CVMM_SOAK_CYCLES") {
+        Ok(v) => v
+            .parse::<usize>()
+            .unwrap_or_else(|e| panic!("CVMM_SOAK_CYCLES={v:?}: {e}")),
+        Err(_) => DEFAULT_CYCLES,
+    };
     let m = start_manager("probe.exit=halt");
     let rt = rt();
     let mut c = rt.block_on(client(&m));
@@ -222,14 +230,14 @@ fn create_remove_cycles_leak_nothing() {
     assert!(wait_for(Duration::from_secs(10), || usage(&m).children == 0));
     let before = usage(&m);
     let start = Instant::now();
-    for _ in 0..CYCLES {
+    for _ in 0..cycles {
         rt.block_on(cycle(&mut c));
     }
     let took = start.elapsed();
     println!(
-        "soak: {CYCLES} CreateVm/RemoveVm cycles in {:.1} s ({:.1} ms per cycle)",
+        "soak: {cycles} CreateVm/RemoveVm cycles in {:.1} s ({:.1} ms per cycle)",
         took.as_secs_f64(),
-        took.as_secs_f64() * 1000.0 / CYCLES as f64
+        took.as_secs_f64() * 1000.0 / cycles as f64
     );
     // Idle blocking-pool threads retire after tokio's 10 s keep-alive; allow that to pass.
     let settled = wait_for(Duration::from_secs(15), || {
@@ -237,7 +245,10 @@ fn create_remove_cycles_leak_nothing() {
         u.fds <= before.fds && u.threads <= before.threads && u.children == 0
     });
     let after = usage(&m);
-    println!("soak: before {before:?}, after {after:?}");
+    println!(
+        "soak: before {before:?}, after {after:?}, held forwarded ports after: {:?}",
+        unbindable_ports(&m)
+    );
     assert!(
         settled,
         "resources grew: before {before:?}, after {after:?}"

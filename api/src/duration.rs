@@ -61,7 +61,9 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
         let mut scale = unit_nanos;
         for d in frac_part.bytes().take(30) {
             scale /= 10;
-            nanos += u128::from(d - b'0') * scale;
+            nanos = nanos
+                .checked_add(u128::from(d - b'0') * scale)
+                .ok_or_else(invalid)?;
         }
         total_nanos = total_nanos.checked_add(nanos).ok_or_else(invalid)?;
         if total_nanos > i64::MAX as u128 {
@@ -108,5 +110,16 @@ mod tests {
         assert!(parse_go_duration(".s").is_err());
         assert!(parse_go_duration("-1h").unwrap_err().contains("negative"));
         assert!(parse_go_duration("99999999999999h").is_err());
+    }
+
+    #[test]
+    fn a_fraction_that_overflows_the_integer_part_is_invalid_not_wrapped() {
+        // floor(u128::MAX / 1h in ns) hours plus 0.9 h exceeds u128: this used to panic in
+        // debug builds and wrap to a short, accepted TTL in release builds.
+        let text = "94522879700260684295381835.9h";
+        assert_eq!(
+            parse_go_duration(text),
+            Err(format!("time: invalid duration {text:?}"))
+        );
     }
 }

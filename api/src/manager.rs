@@ -1,12 +1,14 @@
 //! The VM registry and lifecycle: CreateVm (validate, cap, reserve a port by holding its
 //! listening socket, write the spec, spawn the VM process), exit detection through a pidfd,
 //! RemoveVm (SIGTERM, SIGKILL after a bound, reap), TTLs, and re-adoption of the VMs recorded
-//! in the state directory by an earlier manager.
+//! in the state directory by an earlier manager (stopping those it left without a record).
 
 use crate::config::ManagerConfig;
 use crate::metrics::Metrics;
 use crate::pb::CreateReq;
-use crate::process::{pidfd_open, pidfd_signal, spawn_vm, start_time, LISTEN_FD};
+use crate::process::{
+    kill_and_wait, pidfd_open, pidfd_signal, spawn_vm, start_time, vm_processes, LISTEN_FD,
+};
 use crate::request::{validate, RequestError, VmRequest};
 use crate::state::{self, VmDir, VmRecord};
 use std::collections::HashMap;
@@ -147,8 +149,6 @@ impl Manager {
                 return Err(e);
             }
         };
-        // The VM process now holds the port; the manager's copy of the socket is not needed.
-        drop(listener);
         let pid = child.id() as i32;
         let record = VmRecord {
             id: id.clone(),
@@ -159,12 +159,21 @@ impl Manager {
                 .ttl
                 .map(|t| now_ms().saturating_add(t.as_millis() as u64)),
         };
+        // Without its record a VM could not be re-adopted after a manager restart, so a VM
+        // whose record cannot be written (disk full) is stopped and CreateVm fails.
         if let Err(e) = serde_json::to_vec(&record)
             .map_err(io::Error::other)
             .and_then(|b| state::write_private(&dir.record(), &b))
         {
-            tracing::warn!(cvm_id = %id, error = %e, "could not persist the VM record; it will not be re-adopted");
+            tracing::warn!(cvm_id = %id, pid, error = %e, "could not persist the VM record, stopping the VM");
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = state::remove_vm_dir(&dir);
+            return Err(self.files_err(&id, e));
         }
+        // The VM process now holds the port; the manager's copy of the socket is not needed.
+        drop(listener);
         self.track(&id, port, dir, pidfd, Some(child), vm_req.ttl);
         tracing::info!(cvm_id = %id, pid, port, "VM started");
         Ok((port, id))
@@ -415,7 +424,10 @@ impl Manager {
         let mut adopted = 0;
         for found in state::scan(&self.cfg.state_dir)? {
             let Some(rec) = found.record else {
+                // A manager killed between spawning the VM and writing its record leaves a
+                // running VM here that nobody supervises: stop it before dropping its files.
                 tracing::warn!(dir = %found.dir.0.display(), "VM directory without a readable record, removing it");
+                stop_strays(&found.dir);
                 let _ = state::remove_vm_dir(&found.dir);
                 continue;
             };
@@ -425,6 +437,7 @@ impl Manager {
                 .filter(|_| start_time(rec.pid) == Some(rec.start_time));
             let Some(pidfd) = live else {
                 tracing::info!(cvm_id = %rec.id, pid = rec.pid, "recorded VM is gone, removing its files");
+                stop_strays(&found.dir);
                 let _ = state::remove_vm_dir(&found.dir);
                 continue;
             };
@@ -444,6 +457,24 @@ impl Manager {
         for (_, e) in self.vms().drain() {
             for h in [e.ttl, e.monitor].into_iter().flatten() {
                 h.abort();
+            }
+        }
+    }
+}
+
+/// Kills the VM processes still running from `dir`'s spec and waits for them to exit, so their
+/// forwarded ports are free before the directory goes.
+fn stop_strays(dir: &VmDir) {
+    for pid in vm_processes(&dir.spec()) {
+        match kill_and_wait(pid, KILL_WAIT) {
+            Ok(true) => {
+                tracing::warn!(pid, dir = %dir.0.display(), "killed a VM process left without a usable record")
+            }
+            Ok(false) => {
+                tracing::error!(pid, dir = %dir.0.display(), "a VM process left without a record outlived SIGKILL")
+            }
+            Err(e) => {
+                tracing::error!(pid, dir = %dir.0.display(), error = %e, "cannot kill a VM process left without a record")
             }
         }
     }

@@ -1,6 +1,7 @@
 //! VM processes: spawn `<exe> vm --spec FILE` with the forwarded port's listening socket as
 //! fd 3, open a pidfd to watch and signal it (no PID-reuse races), and read a process's start
-//! time so a re-adopted PID is known to be the same process.
+//! time so a re-adopted PID is known to be the same process; find and kill VM processes that
+//! a manager killed mid-CreateVm left without a record.
 
 use std::fs::File;
 use std::io;
@@ -8,6 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// The fd number the VM process finds its listening socket at.
 pub const LISTEN_FD: RawFd = 3;
@@ -73,6 +75,45 @@ pub fn pidfd_signal(pidfd: &impl AsRawFd, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Pids of the processes whose arguments hold `vm --spec <spec>`, as [`spawn_vm`] gives a VM.
+pub fn vm_processes(spec: &Path) -> Vec<i32> {
+    let want: [&[u8]; 3] = [b"vm", b"--spec", spec.as_os_str().as_encoded_bytes()];
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.windows(3).any(|w| w == want)
+        })
+        .collect()
+}
+
+/// Sends SIGKILL to `pid` through a pidfd and waits up to `limit` for it to exit. Returns
+/// whether it is gone (a process that already left counts as gone).
+pub fn kill_and_wait(pid: i32, limit: Duration) -> io::Result<bool> {
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    pidfd_signal(&fd, libc::SIGKILL)?;
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n > 0)
+}
+
 /// The process start time (clock ticks since boot, field 22 of `/proc/PID/stat`).
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -91,6 +132,32 @@ mod tests {
         let t = start_time(me).expect("own /proc stat");
         assert_eq!(start_time(me), Some(t));
         assert_eq!(start_time(-5), None);
+    }
+
+    #[test]
+    fn a_vm_process_is_found_by_its_spec_and_killed() {
+        let spec = std::env::temp_dir().join(format!("cvmm-proc-test-{}.json", std::process::id()));
+        // `sh -c SCRIPT vm --spec SPEC` carries the arguments a VM process has.
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30; exit 0", "vm", "--spec"])
+            .arg(&spec)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = vm_processes(&spec);
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(found, [pid]);
+        assert!(vm_processes(&spec.with_extension("other")).is_empty());
+        assert!(kill_and_wait(pid, Duration::from_secs(10)).unwrap());
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert!(kill_and_wait(pid, Duration::from_secs(1)).unwrap());
     }
 
     #[test]
