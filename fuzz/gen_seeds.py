@@ -308,6 +308,169 @@ def gen_options():
         write("hostfwd_and_sizes", "opt%02d" % i, s.encode())
 
 
+# ---- virtio-net queues -------------------------------------------------------------------
+VNET_DATA = 0x10000
+VIRTQ_NEXT, VIRTQ_WRITE, VIRTQ_INDIRECT = 1, 2, 4
+
+
+def ring(descs, heads):
+    """A 256-byte descriptor table and a 36-byte avail ring publishing `heads`."""
+    table = b"".join(struct.pack("<QIHH", *d) for d in descs).ljust(256, b"\0")
+    avail = struct.pack("<HH", 0, len(heads)) + b"".join(struct.pack("<H", h) for h in heads)
+    return table + avail.ljust(36, b"\0")
+
+
+def rx_buffers(n, size=2048):
+    return ring([(0x80000 + i * 0x1000, size, VIRTQ_WRITE, 0) for i in range(n)], list(range(n)))
+
+
+def vnet(flags, tx, rx, data, pending=b""):
+    return bytes([flags]) + tx + rx + struct.pack("<H", len(pending)) + pending + data
+
+
+def vnet_hdr(flags=0, csum_start=0, csum_offset=0):
+    return struct.pack("<BBHHHHH", flags, 0, 0, 0, csum_start, csum_offset, 0)
+
+
+def gen_virtio_net():
+    arp = vnet_hdr() + arp_request(GW)
+    one = ring([(VNET_DATA, len(arp), 0, 0)], [0])
+    write("virtio_net_queues", "arp", vnet(0, one, rx_buffers(2), arp))
+    write("virtio_net_queues", "arp_event_idx", vnet(1, one, rx_buffers(2), arp))
+    write("virtio_net_queues", "arp_small_queue", vnet(4, one, rx_buffers(4), arp))
+    # The frame split over two readable descriptors; RX chains of a header and a body buffer.
+    split = ring([(VNET_DATA, 20, VIRTQ_NEXT, 1), (VNET_DATA + 20, len(arp) - 20, 0, 0)], [0])
+    rx_split = ring([(0x80000, 12, VIRTQ_WRITE | VIRTQ_NEXT, 1), (0x81000, 2048, VIRTQ_WRITE, 0)], [0])
+    write("virtio_net_queues", "split_chains", vnet(0, split, rx_split, arp))
+    # An indirect TX table at VNET_DATA + 0x100.
+    ind = struct.pack("<QIHH", VNET_DATA, len(arp), 0, 0)
+    tx_ind = ring([(VNET_DATA + 0x100, len(ind), VIRTQ_INDIRECT, 0)], [0])
+    write("virtio_net_queues", "indirect", vnet(0, tx_ind, rx_buffers(1), arp.ljust(0x100, b"\0") + ind))
+    # A frame already pending, a too small RX buffer first (dropped), then a large one.
+    rx_small = ring([(0x80000, 64, VIRTQ_WRITE, 0), (0x81000, 2048, VIRTQ_WRITE, 0)], [0, 1])
+    pend = eth(GUEST_MAC, 0x0806, b"\0" * 100)
+    write("virtio_net_queues", "pending_rx", vnet(0, ring([], []), rx_small, b"", pend))
+    # TCP SYN to the gateway with a partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM).
+    seg = struct.pack("!HHIIBBHHH", 40010, 9, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+    pseudo = GUEST + GW + struct.pack("!BBH", 0, 6, len(seg))
+    partial = (~csum(pseudo)) & 0xFFFF
+    seg = seg[:16] + struct.pack("!H", partial) + seg[18:]
+    syn = vnet_hdr(1, 34, 16) + eth(GW_MAC, 0x0800, ipv4(GUEST, GW, 6, seg))
+    write("virtio_net_queues", "tcp_csum_offload",
+          vnet(1, ring([(VNET_DATA, len(syn), 0, 0)], [0]), rx_buffers(4), syn))
+    dhcp_f = vnet_hdr() + udp(bytes(4), b"\xff" * 4, 68, 67, dhcp(1))
+    write("virtio_net_queues", "dhcp",
+          vnet(0, ring([(VNET_DATA, len(dhcp_f), 0, 0)], [0]), rx_buffers(2), dhcp_f))
+
+
+# ---- port I/O and MMIO dispatch ----------------------------------------------------------
+OP_PIO_W, OP_PIO_R, OP_PIO_RAW, OP_MMIO_W, OP_MMIO_R, OP_MEM, OP_DMA = range(7)
+DEV = {"serial": 0, "i8042": 1, "cmos": 2, "debug": 3, "pvpanic": 4, "power": 5, "fw_cfg": 6, "cf8": 7}
+WIDTH = {1: 0, 2: 1, 4: 2, 8: 3}
+
+
+def pio_w(dev, off, width, value):
+    return (OP_PIO_W | WIDTH[width] << 3, bytes([DEV[dev], off]) + value.to_bytes(8, "little")[:width])
+
+
+def pio_r(dev, off, width):
+    return (OP_PIO_R | WIDTH[width] << 3, bytes([DEV[dev], off]))
+
+
+def ecam_w(off, width, value):
+    return (OP_MMIO_W | WIDTH[width] << 3, b"\0" + struct.pack("<I", off) + value.to_bytes(8, "little")[:width])
+
+
+def ecam_r(off, width):
+    return (OP_MMIO_R | WIDTH[width] << 3, b"\0" + struct.pack("<I", off))
+
+
+def bar_w(off, width, value):
+    return (OP_MMIO_W | WIDTH[width] << 3, b"\1" + struct.pack("<I", off) + value.to_bytes(8, "little")[:width])
+
+
+def bar_r(off, width):
+    return (OP_MMIO_R | WIDTH[width] << 3, b"\1" + struct.pack("<I", off))
+
+
+def cf8(dev, reg):
+    return pio_w("cf8", 0, 4, 0x80000000 | dev << 11 | reg)
+
+
+def dma_access(control, length, address):
+    return struct.pack(">IIQ", control, length, address)
+
+
+def gen_pio():
+    read8 = [pio_r("fw_cfg", 1, 1) for _ in range(4)]
+    write("pio_dispatch", "fw_cfg_signature", records([pio_w("fw_cfg", 0, 2, 0x0000)] + read8))
+    write("pio_dispatch", "fw_cfg_dir", records([pio_w("fw_cfg", 0, 2, 0x19)] + [pio_r("fw_cfg", 1, 4)] * 8))
+    sel_read, skip, wr = 0x8 | 0x2, 0x4, 0x10
+    write("pio_dispatch", "fw_cfg_dma", records([
+        (OP_MEM, struct.pack("<I", 0x1000) + dma_access(0x19 << 16 | sel_read, 64, 0x2000)),
+        (OP_DMA, struct.pack("<I", 0x1000)),
+        (OP_MEM, struct.pack("<I", 0x1100) + dma_access(0x20 << 16 | 0x8 | skip, 16, 0)),
+        (OP_DMA, struct.pack("<I", 0x1100)),
+        (OP_MEM, struct.pack("<I", 0x1200) + dma_access(0x2, 5000, 0x3000)),
+        (OP_DMA, struct.pack("<I", 0x1200)),
+        (OP_MEM, struct.pack("<I", 0x1300) + dma_access(wr, 4, 0x3000)),
+        (OP_DMA, struct.pack("<I", 0x1300)),
+        (OP_MEM, struct.pack("<I", 0x1400) + dma_access(0x8 | 0x2, 64, 0xFFFFF000)),
+        (OP_DMA, struct.pack("<I", 0x1400)),
+        pio_r("fw_cfg", 4, 4), pio_r("fw_cfg", 8, 4),
+        pio_w("fw_cfg", 4, 4, 0), pio_w("fw_cfg", 8, 4, int.from_bytes(struct.pack(">I", 0x1000), "little")),
+    ]))
+    write("pio_dispatch", "pci_cf8", records([
+        cf8(0, 0), pio_r("cf8", 4, 4), cf8(1, 0), pio_r("cf8", 4, 4), pio_r("cf8", 6, 2),
+        cf8(1, 0x10), pio_w("cf8", 4, 4, 0xFFFFFFFF), pio_r("cf8", 4, 4),
+        cf8(1, 0x34), pio_r("cf8", 4, 1), cf8(2, 0), pio_r("cf8", 4, 4), pio_r("cf8", 0, 4),
+    ]))
+    slot1 = 1 << 15
+    ops = [ecam_r(slot1, 4), ecam_w(slot1 + 4, 2, 0x6), bar_w(0x14, 1, 1), bar_w(0x14, 1, 3),
+           bar_r(0x00, 4), bar_r(0x04, 4), bar_w(0x08, 4, 1), bar_w(0x0C, 4, 1), bar_w(0x14, 1, 0xB)]
+    for q in range(2):
+        base = 0x10000 + q * 0x4000
+        ops += [bar_w(0x16, 2, q), bar_w(0x18, 2, 16), bar_w(0x1A, 2, q + 1),
+                bar_w(0x20, 8, base), bar_w(0x28, 8, base + 0x1000), bar_w(0x30, 8, base + 0x2000),
+                bar_w(0x1C, 2, 1)]
+    ops += [bar_w(0x4000, 4, 0xFEE00000), bar_w(0x4008, 4, 0x41), bar_w(0x400C, 4, 0),
+            ecam_w(slot1 + 0x42, 2, 0x8000), bar_w(0x14, 1, 0xF), bar_r(0x14, 1),
+            bar_w(0x3000, 2, 0), bar_w(0x3004, 2, 1), bar_r(0x1000, 1), bar_r(0x2000, 8),
+            bar_r(0x5000, 8), bar_w(0x14, 1, 0)]
+    write("pio_dispatch", "virtio_pci_init", records(ops))
+    write("pio_dispatch", "legacy", records([
+        pio_w("serial", 0, 1, ord("h")), pio_w("serial", 3, 1, 0x80), pio_w("serial", 0, 1, 1),
+        pio_r("serial", 5, 1), pio_w("cmos", 0, 1, 0x0A), pio_r("cmos", 1, 1), pio_w("cmos", 0, 1, 0x32),
+        pio_r("cmos", 1, 1), pio_r("i8042", 4, 1), pio_w("debug", 0, 1, 0x42), pio_r("pvpanic", 0, 1),
+        pio_r("power", 0, 2), pio_w("power", 2, 1, 0xAA), (OP_PIO_RAW, struct.pack("<H", 0x1234) + b"\xff"),
+    ]))
+
+
+# ---- CreateVm requests -------------------------------------------------------------------
+(F_LOG, F_CA, F_KEY, F_CERT, F_URL, F_CA_URL, F_TTL, F_TOKEN, F_AWS_ID, F_AWS_SECRET, F_AWS_URL,
+ F_AWS_REGION, F_AA) = range(13)
+
+
+def gen_requests():
+    pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    seeds = {
+        "minimal": [(F_URL, b"10.0.2.2:7001"), (F_LOG, b"debug")],
+        "full": [(F_LOG, b"info"), (F_CA, pem), (F_KEY, b"-----BEGIN PRIVATE KEY-----\nk\n"), (F_CERT, pem),
+                 (F_URL, b"cvms.example:7001"), (F_CA_URL, b"https://ca.example"), (F_TTL, b"1h30m"),
+                 (F_TOKEN, b"tok-123"), (F_AWS_ID, b"AKIA0000"), (F_AWS_SECRET, b"s3cr3t"),
+                 (F_AWS_URL, b"https://s3.example"), (F_AWS_REGION, b"eu-west-1"),
+                 (F_AA, b"cc_kbc::http://10.0.2.2:8080")],
+        "line_injection": [(F_LOG, b"info\nAGENT_CVM_ID=other"), (F_AWS_REGION, b"eu\r")],
+        "ttl_forms": [(F_TTL, b"1.5h"), (F_TTL, b"2m3.5s"), (F_TTL, "1\u00b5s".encode()), (F_TTL, b"-0")],
+        "ttl_huge": [(F_TTL, b"9223372036.854775807s")],
+        "ttl_overflow": [(F_TTL, b"94522879700260684295381835.9h")],
+        "kbs_param": [(F_AA, b"a init=/bin/sh"), (F_AA, "p\u00a0q".encode())],
+        "long_cmdline": [(F_AA, b"p" * 2020)],
+    }
+    for name, recs in seeds.items():
+        write("create_request", name, records(recs))
+
+
 if __name__ == "__main__":
     gen_p9()
     gen_virtio()
@@ -315,3 +478,6 @@ if __name__ == "__main__":
     gen_igvm()
     gen_kernel()
     gen_options()
+    gen_virtio_net()
+    gen_pio()
+    gen_requests()

@@ -23,6 +23,18 @@ export RUSTC_BOOTSTRAP=1
 sanitizer="${FUZZ_SANITIZER:-address}"
 flags=(--debug-assertions --sanitizer "$sanitizer")
 
+# The fuzz crate is outside the workspace, so it names the rust-vmm crates whose types cross
+# into devices/vmm itself; a version that differs from the workspace's would fail to build with
+# confusing type errors. Say which line to change instead.
+for dep in vm-memory virtio-queue vmm-sys-util; do
+    ws=$(sed -n "s/^$dep = .*\"\([0-9.]*\)\".*/\1/p; s/^$dep = \"\([0-9.]*\)\"/\1/p" "$root/Cargo.toml" | head -1)
+    fz=$(sed -n "s/^$dep = .*\"\([0-9.]*\)\".*/\1/p; s/^$dep = \"\([0-9.]*\)\"/\1/p" "$fuzz/Cargo.toml" | head -1)
+    if [[ -n "$fz" && "$ws" != "$fz" ]]; then
+        echo "fuzz/Cargo.toml has $dep $fz but the workspace uses $ws: update fuzz/Cargo.toml" >&2
+        exit 1
+    fi
+done
+
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "installing cargo-fuzz" >&2
     cargo install --locked cargo-fuzz

@@ -31,3 +31,9 @@ if ! command -v cargo >/dev/null; then
   echo "install-deps: cargo not found: install Rust >= 1.85 (rustup) first" >&2
   exit 1
 fi
+
+if [[ "${1:-}" == "--test" ]] && ! cargo fuzz --version >/dev/null 2>&1; then
+  # The fuzz smoke run (scripts/fuzz-smoke.sh); stable Rust is enough, see fuzz/README.md.
+  echo "install-deps: cargo install cargo-fuzz"
+  cargo install --locked cargo-fuzz
+fi

@@ -2,6 +2,9 @@
 //! a sequence of records, building 9P messages, and making guest Ethernet frames safe (IPv4
 //! destinations confined to the guest subnet or loopback) and checksum-valid.
 
+pub mod machine;
+pub mod virtq;
+
 /// Splits `data` into records `[flags: u8][len: u16 LE][len bytes]`; a short tail becomes the
 /// last record as is. Yields `(flags, bytes)`.
 pub fn records(mut data: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
