@@ -113,6 +113,13 @@ fn encode(m: Mode) -> u8 {
 /// with log or kill it also starts the worker spawner.
 pub fn set_mode(m: Mode) -> Result<(), SeccompError> {
     MODE.store(encode(m), Ordering::SeqCst);
+    if m != Mode::Off {
+        // glibc shrinks a thread's malloc heap when its top exceeds the trim threshold and
+        // then reads /proc/sys/vm/overcommit_memory (once); never trimming keeps that (and
+        // the page-table churn) out of the filtered threads.
+        // SAFETY: mallopt with a documented parameter and a valid value.
+        unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) };
+    }
     if m == Mode::Kill {
         sigsys::install_reporter()?;
     }

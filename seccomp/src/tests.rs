@@ -169,3 +169,34 @@ fn kill_mode_names_the_thread_and_the_syscall_before_dying() {
         )
     );
 }
+
+#[test]
+fn glibc_style_read_only_opens_pass_and_others_do_not() {
+    for kind in ThreadKind::ALL {
+        let st = in_filtered_child(kind, Mode::Kill, || {
+            // SAFETY: openat with a valid C string; the fd is closed by _exit.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_openat,
+                    libc::AT_FDCWD,
+                    c"/proc/sys/vm/overcommit_memory".as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                )
+            };
+        });
+        assert!(exited_ok(st), "{}: status {st:#x}", kind.name());
+    }
+    let st = in_filtered_child(ThreadKind::Net, Mode::Kill, || {
+        // SAFETY: as above; O_WRONLY|O_CREAT is refused before the path is read.
+        unsafe {
+            libc::syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                c"/tmp/x".as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+    });
+    assert!(killed_by_sigsys(st), "status {st:#x}");
+}
