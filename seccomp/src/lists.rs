@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 pub enum Cond {
     /// Always.
     Always,
-    /// `ioctl` with a KVM request (type byte 0xAE) on any fd.
+    /// `ioctl` with a KVM request (type byte 0xAE) on any fd, except
+    /// `KVM_MEMORY_ENCRYPT_OP`: the SEV-SNP/TDX launch commands run before filters exist.
     IoctlKvm,
     /// `ioctl` with one of these requests.
     IoctlIn(&'static [u64]),
@@ -37,12 +38,21 @@ impl Cond {
         };
         match self {
             Cond::Always => Ok(Vec::new()),
-            Cond::IoctlKvm => Ok(vec![SeccompRule::new(vec![SeccompCondition::new(
-                1,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::MaskedEq(0xff00),
-                0xae00,
-            )?])?]),
+            // Any KVM request but the SEV/TDX launch command (issued before any filter).
+            Cond::IoctlKvm => Ok(vec![SeccompRule::new(vec![
+                SeccompCondition::new(
+                    1,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(0xff00),
+                    0xae00,
+                )?,
+                SeccompCondition::new(
+                    1,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::Ne,
+                    KVM_MEMORY_ENCRYPT_OP,
+                )?,
+            ])?]),
             Cond::IoctlIn(vs) | Cond::Arg1In(vs) => one_of(1, vs),
             Cond::Arg0In(vs) => one_of(0, vs),
             Cond::Arg2In(vs) => one_of(2, vs),
@@ -50,6 +60,8 @@ impl Cond {
     }
 }
 
+/// `KVM_MEMORY_ENCRYPT_OP` = `_IOWR(KVMIO, 0xba, unsigned long)`.
+pub const KVM_MEMORY_ENCRYPT_OP: u64 = 0xc008_aeba;
 const FIONBIO: u64 = 0x5421;
 const FIONREAD: u64 = 0x541b;
 const TCGETS: u64 = 0x5401;

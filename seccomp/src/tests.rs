@@ -200,3 +200,14 @@ fn glibc_style_read_only_opens_pass_and_others_do_not() {
     });
     assert!(killed_by_sigsys(st), "status {st:#x}");
 }
+
+#[test]
+fn tee_launch_commands_are_refused_once_filters_are_on() {
+    for kind in [ThreadKind::Main, ThreadKind::Vcpu] {
+        let st = in_filtered_child(kind, Mode::Kill, || {
+            // SAFETY: the filter refuses the call before the (null) argument is read.
+            unsafe { libc::ioctl(-1, lists::KVM_MEMORY_ENCRYPT_OP as _, 0) };
+        });
+        assert!(killed_by_sigsys(st), "{}: status {st:#x}", kind.name());
+    }
+}
