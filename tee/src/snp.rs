@@ -96,15 +96,50 @@ fn ioctl_err(call: &'static str, detail: impl Into<String>, errno: io::Error) ->
     }
 }
 
+/// What the launcher reports as it goes (for boot timelines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchProgress {
+    /// SNP_LAUNCH_START done; the LAUNCH_UPDATEs begin.
+    Started,
+    /// One LAUNCH_UPDATE range done: where, how many 4 KiB pages, its type, whether its
+    /// contents were measured, and how long it took.
+    Range {
+        gpa: u64,
+        pages: u64,
+        page_type: crate::measure::PageType,
+        measured: bool,
+        micros: u64,
+    },
+    /// SNP_LAUNCH_FINISH done.
+    Finished,
+}
+
 /// Runs the SNP launch of a plan.
 pub struct SnpLauncher<'a, O: TeeOps> {
     ops: &'a mut O,
     sev_fd: u32,
+    progress: Option<Box<dyn FnMut(LaunchProgress) + 'a>>,
 }
 
 impl<'a, O: TeeOps> SnpLauncher<'a, O> {
     pub fn new(ops: &'a mut O) -> Self {
-        SnpLauncher { ops, sev_fd: 0 }
+        SnpLauncher {
+            ops,
+            sev_fd: 0,
+            progress: None,
+        }
+    }
+
+    /// Reports the launch's progress to `f`.
+    pub fn with_progress(mut self, f: impl FnMut(LaunchProgress) + 'a) -> Self {
+        self.progress = Some(Box::new(f));
+        self
+    }
+
+    fn report(&mut self, p: LaunchProgress) {
+        if let Some(f) = self.progress.as_mut() {
+            f(p);
+        }
     }
 
     /// Issues the whole launch. Nothing is created when a prerequisite is missing.
@@ -166,10 +201,21 @@ impl<'a, O: TeeOps> SnpLauncher<'a, O> {
                     e,
                 )
             })?;
+        self.report(LaunchProgress::Started);
         for r in &plan.ranges {
+            let t = std::time::Instant::now();
             self.update_range(r.gpa, r.len, r.page_type, r.data.as_bytes())?;
+            self.report(LaunchProgress::Range {
+                gpa: r.gpa,
+                pages: r.len.div_ceil(4096),
+                page_type: r.page_type,
+                measured: r.page_type.is_measured(),
+                micros: t.elapsed().as_micros() as u64,
+            });
         }
-        self.finish(plan)
+        self.finish(plan)?;
+        self.report(LaunchProgress::Finished);
+        Ok(())
     }
 
     fn cmd(&mut self, id: u32, data: &mut [u8]) -> Result<(), (io::Error, u32)> {

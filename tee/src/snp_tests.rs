@@ -384,3 +384,52 @@ fn runtime_exits_become_attribute_changes() {
     );
     assert_eq!(system_event(1), None);
 }
+
+#[test]
+fn progress_reports_start_every_range_and_finish_in_order() {
+    let plan = plan(2);
+    let mut ops = RecordingOps::snp_host();
+    let mut seen = Vec::new();
+    SnpLauncher::new(&mut ops)
+        .with_progress(|p| seen.push(p))
+        .launch(&plan, &cfg())
+        .unwrap();
+    assert_eq!(seen.first(), Some(&LaunchProgress::Started));
+    assert_eq!(seen.last(), Some(&LaunchProgress::Finished));
+    let ranges: Vec<(u64, u64, crate::measure::PageType, bool)> = seen
+        .iter()
+        .filter_map(|p| match *p {
+            LaunchProgress::Range {
+                gpa,
+                pages,
+                page_type,
+                measured,
+                ..
+            } => Some((gpa, pages, page_type, measured)),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<_> = plan
+        .update_list()
+        .into_iter()
+        .map(|(gpa, len, t)| (gpa, len.div_ceil(4096), t, t.is_measured()))
+        .collect();
+    assert_eq!(
+        ranges, want,
+        "one report per LAUNCH_UPDATE range, in plan order"
+    );
+    assert_eq!(seen.len(), want.len() + 2);
+}
+
+#[test]
+fn a_failed_launch_does_not_report_finished() {
+    let plan = plan(1);
+    let mut ops = RecordingOps::snp_host();
+    ops.updates.push_back(UpdateAnswer::Fail(libc::EIO, 0x7));
+    let mut seen = Vec::new();
+    let r = SnpLauncher::new(&mut ops)
+        .with_progress(|p| seen.push(p))
+        .launch(&plan, &cfg());
+    assert!(r.is_err());
+    assert_eq!(seen, [LaunchProgress::Started], "no range done, no finish");
+}

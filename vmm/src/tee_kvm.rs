@@ -452,6 +452,7 @@ pub fn snp_boot<'a>(
     cpuid: &CpuId,
     on_vm: VmHook<'a>,
     on_vcpu: VcpuHook<'a>,
+    timeline: &crate::timeline::Timeline,
 ) -> Result<LaunchedVm> {
     if spec.kernel.is_some() || spec.initrd.is_some() {
         return Err(VmmError::Input(
@@ -528,9 +529,14 @@ pub fn snp_boot<'a>(
         ram,
     };
     let mut ops = KvmTeeOps::open().with_hooks(on_vm, on_vcpu);
+    let mut measured_pages = 0u64;
+    let mut pages = 0u64;
     tee::snp::SnpLauncher::new(&mut ops)
+        .with_progress(|p| launch_phase(timeline, p, &mut pages, &mut measured_pages))
         .launch(&plan, &cfg)
         .map_err(tee_err)?;
+    timeline.set_metric("tee_pages", pages);
+    timeline.set_metric("tee_measured_pages", measured_pages);
     let (vm, vcpus, mut keep) = ops.into_parts().map_err(|source| VmmError::Host {
         what: "SEV-SNP launch",
         source,
@@ -539,10 +545,77 @@ pub fn snp_boot<'a>(
     Ok((vm, vcpus, keep))
 }
 
+/// Timeline phases of an SNP launch: start, each LAUNCH_UPDATE range (named by its GPA, page
+/// count and type), finish; page totals as metrics.
+fn launch_phase(
+    timeline: &crate::timeline::Timeline,
+    p: tee::snp::LaunchProgress,
+    pages: &mut u64,
+    measured_pages: &mut u64,
+) {
+    use tee::snp::LaunchProgress;
+    match p {
+        LaunchProgress::Started => timeline.mark("tee_launch_start"),
+        LaunchProgress::Range {
+            gpa,
+            pages: n,
+            page_type,
+            measured,
+            ..
+        } => {
+            *pages += n;
+            if measured {
+                *measured_pages += n;
+            }
+            timeline.mark(&format!("tee_update[{gpa:#x}+{n}p:{page_type:?}]"));
+        }
+        LaunchProgress::Finished => timeline.mark("tee_launch_finish"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tee::uapi::{KVM_SEV_SNP_LAUNCH_UPDATE, KVM_X86_SNP_VM};
+
+    #[test]
+    fn launch_progress_becomes_timeline_phases_and_page_counts() {
+        use tee::measure::PageType;
+        use tee::snp::LaunchProgress;
+        let tl = crate::timeline::Timeline::new();
+        let (mut pages, mut measured) = (0, 0);
+        for p in [
+            LaunchProgress::Started,
+            LaunchProgress::Range {
+                gpa: 0x80_0000,
+                pages: 512,
+                page_type: PageType::Normal,
+                measured: true,
+                micros: 900,
+            },
+            LaunchProgress::Range {
+                gpa: 0x9000,
+                pages: 1,
+                page_type: PageType::Cpuid,
+                measured: false,
+                micros: 40,
+            },
+            LaunchProgress::Finished,
+        ] {
+            launch_phase(&tl, p, &mut pages, &mut measured);
+        }
+        let names: Vec<String> = tl.events().into_iter().map(|e| e.phase).collect();
+        assert_eq!(
+            names[1..],
+            [
+                "tee_launch_start",
+                "tee_update[0x800000+512p:Normal]",
+                "tee_update[0x9000+1p:Cpuid]",
+                "tee_launch_finish"
+            ]
+        );
+        assert_eq!((pages, measured), (513, 512));
+    }
 
     #[test]
     fn get_device_attr_number_matches_the_iow_encoding() {

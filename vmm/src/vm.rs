@@ -188,6 +188,7 @@ impl Vm {
                     &supported,
                     Box::new(platform_setup),
                     Box::new(|id, fd| setup_vcpu(fd, id, &supported, spec.vcpus)),
+                    &timeline,
                 )?;
                 timeline.mark("vcpus_created");
                 (vm, vcpus, Some(keep))
