@@ -7,7 +7,7 @@ use std::io;
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::snp::TeeOps;
+use crate::snp::{MemoryOps, TeeOps};
 use crate::uapi::*;
 use crate::vmsa::VcpuRegs;
 
@@ -18,6 +18,10 @@ pub enum FdKind {
     Sev,
     Vm,
     Vcpu(u32),
+    /// A guest_memfd (its fd number).
+    Memfd(u32),
+    /// A call on the VMM's own address space (`madvise`).
+    Process,
 }
 
 /// One recorded call.
@@ -60,6 +64,10 @@ pub struct RecordingOps {
     pub updates: VecDeque<UpdateAnswer>,
     /// The TDX module as the fake models it.
     pub tdx: crate::fake_tdx::TdxFake,
+    /// Errnos for successive `KVM_SET_MEMORY_ATTRIBUTES` calls; when empty, success.
+    pub attr_errors: VecDeque<i32>,
+    /// Errnos for successive punch-hole / `MADV_DONTNEED` calls; when empty, success.
+    pub discard_errors: VecDeque<i32>,
 }
 
 impl Default for RecordingOps {
@@ -72,6 +80,8 @@ impl Default for RecordingOps {
             sev: Err(libc::ENOENT),
             updates: VecDeque::new(),
             tdx: Default::default(),
+            attr_errors: VecDeque::new(),
+            discard_errors: VecDeque::new(),
         }
     }
 }
@@ -127,6 +137,32 @@ fn cmd_name(id: u32) -> &'static str {
         KVM_SEV_SNP_LAUNCH_UPDATE => "SNP_LAUNCH_UPDATE",
         KVM_SEV_SNP_LAUNCH_FINISH => "SNP_LAUNCH_FINISH",
         _ => "SEV_UNKNOWN",
+    }
+}
+
+impl MemoryOps for RecordingOps {
+    fn set_memory_attributes(&mut self, attrs: &KvmMemoryAttributes) -> io::Result<()> {
+        self.record("KVM_SET_MEMORY_ATTRIBUTES", FdKind::Vm, attrs.as_bytes());
+        scripted(&mut self.attr_errors)
+    }
+
+    fn punch_hole(&mut self, memfd: u32, offset: u64, len: u64) -> io::Result<()> {
+        let b = [offset.to_le_bytes(), len.to_le_bytes()].concat();
+        self.record("FALLOCATE_PUNCH_HOLE", FdKind::Memfd(memfd), &b);
+        scripted(&mut self.discard_errors)
+    }
+
+    fn discard_shared(&mut self, userspace_addr: u64, len: u64) -> io::Result<()> {
+        let b = [userspace_addr.to_le_bytes(), len.to_le_bytes()].concat();
+        self.record("MADV_DONTNEED", FdKind::Process, &b);
+        scripted(&mut self.discard_errors)
+    }
+}
+
+fn scripted(errors: &mut VecDeque<i32>) -> io::Result<()> {
+    match errors.pop_front() {
+        Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+        None => Ok(()),
     }
 }
 
@@ -208,11 +244,6 @@ impl TeeOps for RecordingOps {
 
     fn set_user_memory_region2(&mut self, region: &KvmUserspaceMemoryRegion2) -> io::Result<()> {
         self.record("KVM_SET_USER_MEMORY_REGION2", FdKind::Vm, region.as_bytes());
-        Ok(())
-    }
-
-    fn set_memory_attributes(&mut self, attrs: &KvmMemoryAttributes) -> io::Result<()> {
-        self.record("KVM_SET_MEMORY_ATTRIBUTES", FdKind::Vm, attrs.as_bytes());
         Ok(())
     }
 

@@ -11,6 +11,8 @@ use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatform
 use igvm_defs::{IgvmPageDataType, IgvmPlatformType};
 use zerocopy::IntoBytes;
 
+use crate::igvm_params::usage_bytes;
+pub use crate::igvm_params::IgvmParams;
 use crate::measure::{MeasureInputs, PageType, VMSA_GPA};
 use crate::plan::{IdBlock, LaunchPlan, PageBuf, PlanRange, VcpuPlan, SEV_FEATURE_SNP_ACTIVE};
 use crate::vmsa::regs_from_vmsa;
@@ -25,6 +27,18 @@ pub fn plan_from_igvm(
     name: &str,
     data: &[u8],
     inputs: &MeasureInputs,
+) -> Result<LaunchPlan, TeeError> {
+    plan_from_igvm_with(name, data, inputs, &IgvmParams::default())
+}
+
+/// [`plan_from_igvm`] with the VMM's parameter values: the VP_COUNT, COMMAND_LINE,
+/// MEMORY_MAP and ENVIRONMENT_INFO directives fill their areas, which PARAMETER_INSERT then
+/// launches as UNMEASURED pages (so `params` never changes the digest).
+pub fn plan_from_igvm_with(
+    name: &str,
+    data: &[u8],
+    inputs: &MeasureInputs,
+    params: &IgvmParams,
 ) -> Result<LaunchPlan, TeeError> {
     let err = |reason: String| TeeError::igvm(name, reason);
     let file = parse_file(name, data, igvm::IsolationType::Snp)?;
@@ -45,6 +59,7 @@ pub fn plan_from_igvm(
     let mut b = Builder {
         name,
         inputs,
+        params,
         ranges: Vec::new(),
         areas: HashMap::new(),
         plan_vcpu: None,
@@ -108,6 +123,7 @@ fn snp_compatibility_mask(file: &IgvmFile) -> Option<u32> {
 struct Builder<'a> {
     name: &'a str,
     inputs: &'a MeasureInputs,
+    params: &'a IgvmParams,
     ranges: Vec<PlanRange>,
     /// Parameter areas by index: contents (size = area size).
     areas: HashMap<u32, Vec<u8>>,
@@ -219,15 +235,26 @@ impl Builder<'_> {
                 area[..initial_data.len()].copy_from_slice(initial_data);
                 self.areas.insert(*parameter_area_index, area);
             }
-            IgvmDirectiveHeader::VpCount(p) => {
-                let count = self.inputs.vcpus.to_le_bytes();
-                self.write_param(
-                    index,
-                    "VP_COUNT",
-                    p.parameter_area_index,
-                    p.byte_offset,
-                    &count,
-                )?;
+            IgvmDirectiveHeader::VpCount(_)
+            | IgvmDirectiveHeader::CommandLine(_)
+            | IgvmDirectiveHeader::MemoryMap(_)
+            | IgvmDirectiveHeader::EnvironmentInfo(_) => {
+                if let Some((what, p, bytes)) = usage_bytes(d, self.inputs.vcpus, self.params) {
+                    self.write_param(index, what, p.parameter_area_index, p.byte_offset, &bytes)?;
+                }
+            }
+            IgvmDirectiveHeader::Madt(_)
+            | IgvmDirectiveHeader::Srat(_)
+            | IgvmDirectiveHeader::Slit(_)
+            | IgvmDirectiveHeader::Pptt(_)
+            | IgvmDirectiveHeader::MmioRanges(_)
+            | IgvmDirectiveHeader::DeviceTree(_) => {
+                tracing::warn!(
+                    file = self.name,
+                    directive = index,
+                    "IGVM parameter not supplied by cvmm for SEV-SNP (left as the area's \
+                     initial data)"
+                );
             }
             IgvmDirectiveHeader::ParameterInsert(ins) => {
                 self.check_before_vmsa(index, "PARAMETER_INSERT")?;
@@ -268,8 +295,7 @@ impl Builder<'_> {
                 ..
             } => self.vp_context(index, *gpa, *vp_index, vmsa.as_bytes())?,
             IgvmDirectiveHeader::SnpIdBlock { .. } => self.id_block(d),
-            // Other parameter usages (memory map, command line, MADT, ...) are filled by the VMM
-            // in the area's buffer; their contents are not measured.
+            // Measurement-only and error-reporting directives need no launch action.
             _ => {}
         }
         Ok(())
@@ -290,13 +316,20 @@ impl Builder<'_> {
                 format!("directive {index} ({what}): unknown parameter area {area}"),
             )
         })?;
-        let end = offset as usize + bytes.len();
-        let slot = buf.get_mut(offset as usize..end).ok_or_else(|| {
-            TeeError::igvm(
-                name,
-                format!("directive {index} ({what}): offset {offset:#x} is outside area {area}"),
-            )
-        })?;
+        let size = buf.len();
+        let slot = (offset as usize)
+            .checked_add(bytes.len())
+            .and_then(|end| buf.get_mut(offset as usize..end))
+            .ok_or_else(|| {
+                TeeError::igvm(
+                    name,
+                    format!(
+                        "directive {index} ({what}): {} bytes at offset {offset:#x} are outside \
+                         area {area} of {size:#x} bytes",
+                        bytes.len()
+                    ),
+                )
+            })?;
         slot.copy_from_slice(bytes);
         Ok(())
     }

@@ -390,3 +390,191 @@ fn id_block_is_built_for_launch_finish() {
     );
     assert!(!ib.author_key_enabled);
 }
+
+/// Two parameter areas with every usage cvmm fills: area 0 (4 KiB) holds the vCPU count, the
+/// environment info and the command line; area 1 (8 KiB) the memory map.
+fn all_params_file() -> Vec<u8> {
+    let at = |area: u32, byte_offset: u32| IGVM_VHS_PARAMETER {
+        parameter_area_index: area,
+        byte_offset,
+    };
+    let insert = |area: u32, gpa: u64| {
+        D::ParameterInsert(IGVM_VHS_PARAMETER_INSERT {
+            gpa,
+            compatibility_mask: MASK,
+            parameter_area_index: area,
+        })
+    };
+    file(vec![
+        page(0x10000, full_page(3)),
+        D::ParameterArea {
+            number_of_bytes: 0x1000,
+            parameter_area_index: 0,
+            initial_data: vec![0xee; 16],
+        },
+        D::ParameterArea {
+            number_of_bytes: 0x2000,
+            parameter_area_index: 1,
+            initial_data: vec![],
+        },
+        D::VpCount(at(0, 0)),
+        D::EnvironmentInfo(at(0, 8)),
+        D::CommandLine(at(0, 0x100)),
+        D::MemoryMap(at(1, 0)),
+        insert(0, 0x30000),
+        insert(1, 0x40000),
+        vmsa_last(),
+    ])
+}
+
+fn vm_params() -> IgvmParams {
+    use crate::igvm_params::{MemoryKind, MemoryRange};
+    IgvmParams {
+        cmdline: "console=ttyS0 svsm=1".into(),
+        memory: vec![
+            MemoryRange {
+                gpa: 0x10_0000,
+                size: 0x7ff0_0000,
+                kind: MemoryKind::Ram,
+            },
+            MemoryRange {
+                gpa: 0,
+                size: 0x9fc00,
+                kind: MemoryKind::Ram,
+            },
+            MemoryRange {
+                gpa: 0x9fc00,
+                size: 0x60400,
+                kind: MemoryKind::Reserved,
+            },
+        ],
+    }
+}
+
+#[test]
+fn o4_parameter_areas_are_filled_and_the_digest_is_unchanged() {
+    let f = all_params_file();
+    let mut inp = inputs(f.clone(), 1);
+    inp.vcpus = 4;
+    let filled = crate::plan::LaunchPlan::from_inputs_with(&inp, &vm_params()).unwrap();
+    let empty = crate::plan::LaunchPlan::from_inputs(&inp).unwrap();
+    // Inserted areas are UNMEASURED: the digest is the igvm crate's, whatever they hold.
+    assert_eq!(hex(&filled.digest()), oracle(&f));
+    assert_eq!(filled.digest(), empty.digest());
+    assert_eq!(
+        filled.update_list(),
+        [
+            (0x10000, 0x1000, PageType::Normal),
+            (0x30000, 0x1000, PageType::Unmeasured),
+            (0x40000, 0x2000, PageType::Unmeasured),
+        ]
+    );
+
+    let a0 = filled.ranges[1].data.as_bytes();
+    assert_eq!(&a0[0..4], &4u32.to_le_bytes(), "VP_COUNT");
+    assert_eq!(&a0[4..8], &[0xee; 4], "initial data kept around the usages");
+    assert_eq!(&a0[8..12], &1u32.to_le_bytes(), "ENVIRONMENT_INFO");
+    assert_eq!(&a0[0x100..0x115], b"console=ttyS0 svsm=1\0", "COMMAND_LINE");
+
+    let a1 = filled.ranges[2].data.as_bytes();
+    let entry = |i: usize| {
+        let e = &a1[i * 24..(i + 1) * 24];
+        (
+            u64::from_le_bytes(e[0..8].try_into().unwrap()),
+            u64::from_le_bytes(e[8..16].try_into().unwrap()),
+            u16::from_le_bytes(e[16..18].try_into().unwrap()),
+        )
+    };
+    // Sorted; RAM rounded inwards, reserved outwards, in 4 KiB pages; zero terminator.
+    assert_eq!(entry(0), (0, 0x9f, 0));
+    assert_eq!(entry(1), (0x9f, 0x61, 1));
+    assert_eq!(entry(2), (0x100, 0x7ff00, 0));
+    assert_eq!(entry(3), (0, 0, 0));
+
+    // Without VMM values the areas still get the vCPU count and an empty command line.
+    let a0 = empty.ranges[1].data.as_bytes();
+    assert_eq!(&a0[0..4], &4u32.to_le_bytes());
+    assert_eq!(a0[0x100], 0);
+    assert_eq!(
+        &empty.ranges[2].data.as_bytes()[..24],
+        &[0u8; 24],
+        "terminator only"
+    );
+}
+
+#[test]
+fn parameter_usages_outside_their_area_are_refused() {
+    let usage = |d: D| {
+        file(vec![
+            D::ParameterArea {
+                number_of_bytes: 0x1000,
+                parameter_area_index: 0,
+                initial_data: vec![],
+            },
+            d,
+            D::ParameterInsert(IGVM_VHS_PARAMETER_INSERT {
+                gpa: 0x30000,
+                compatibility_mask: MASK,
+                parameter_area_index: 0,
+            }),
+            vmsa_last(),
+        ])
+    };
+    let at = |byte_offset| IGVM_VHS_PARAMETER {
+        parameter_area_index: 0,
+        byte_offset,
+    };
+    let long = IgvmParams {
+        cmdline: "x".repeat(0x1000),
+        ..vm_params()
+    };
+    for (d, params, want) in [
+        (D::CommandLine(at(0)), &long, "COMMAND_LINE"),
+        (D::VpCount(at(0xffe)), &vm_params(), "VP_COUNT"),
+        (D::MemoryMap(at(0xff0)), &vm_params(), "MEMORY_MAP"),
+        (
+            D::EnvironmentInfo(at(u32::MAX)),
+            &vm_params(),
+            "ENVIRONMENT_INFO",
+        ),
+    ] {
+        let f = usage(d);
+        let e = crate::plan::LaunchPlan::from_inputs_with(&inputs(f, 1), params)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.igvm") && e.contains(want), "{e}");
+        assert!(e.contains("outside area 0"), "{e}");
+    }
+}
+
+#[test]
+fn memory_map_encodes_every_kind_and_drops_empty_ranges() {
+    use crate::igvm_params::{memory_map, MemoryKind, MemoryRange};
+    let r = |gpa, size, kind| MemoryRange { gpa, size, kind };
+    let map = memory_map(&[
+        r(0x2000_0000, 0x1000, MemoryKind::Persistent),
+        r(0x1800, 0x800, MemoryKind::Ram),
+        r(0x1000_0800, 0x100, MemoryKind::Reserved),
+    ]);
+    let entries: Vec<_> = map
+        .chunks(24)
+        .map(|e| {
+            (
+                u64::from_le_bytes(e[0..8].try_into().unwrap()),
+                u64::from_le_bytes(e[8..16].try_into().unwrap()),
+                u16::from_le_bytes(e[16..18].try_into().unwrap()),
+                &e[18..24],
+            )
+        })
+        .collect();
+    // The RAM range has no whole page and is dropped.
+    assert_eq!(
+        entries,
+        [
+            (0x10000, 1, 1, &[0u8; 6][..]),
+            (0x20000, 1, 2, &[0u8; 6][..]),
+            (0, 0, 0, &[0u8; 6][..]),
+        ]
+    );
+    assert_eq!(crate::igvm_params::command_line("a b"), b"a b\0");
+}

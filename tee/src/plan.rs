@@ -111,6 +111,15 @@ pub struct LaunchPlan {
 impl LaunchPlan {
     /// Builds the plan for OVMF or IGVM inputs.
     pub fn from_inputs(inputs: &MeasureInputs) -> Result<Self, TeeError> {
+        Self::from_inputs_with(inputs, &crate::igvm::IgvmParams::default())
+    }
+
+    /// [`Self::from_inputs`] with the values the VMM puts into IGVM parameter areas (command
+    /// line, memory map); they are launched unmeasured, so the digest does not depend on them.
+    pub fn from_inputs_with(
+        inputs: &MeasureInputs,
+        igvm_params: &crate::igvm::IgvmParams,
+    ) -> Result<Self, TeeError> {
         if inputs.vcpus == 0 || inputs.vcpus > MAX_VCPUS {
             return Err(TeeError::input(
                 "vcpus",
@@ -135,7 +144,7 @@ impl LaunchPlan {
                         format!("kernel/initrd/cmdline hashes do not apply to IGVM input {name}"),
                     ));
                 }
-                crate::igvm::plan_from_igvm(name, data, inputs)
+                crate::igvm::plan_from_igvm_with(name, data, inputs, igvm_params)
             }
         }
     }

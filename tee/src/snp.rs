@@ -12,12 +12,14 @@ use zerocopy::IntoBytes;
 
 use crate::measure::PageType;
 use crate::plan::{LaunchPlan, SEV_FEATURE_SNP_ACTIVE};
+pub use crate::runtime::MemoryOps;
 use crate::uapi::*;
 use crate::vmsa::VcpuRegs;
 use crate::TeeError;
 
-/// Every KVM and `/dev/sev` call of the TEE launch paths.
-pub trait TeeOps {
+/// Every KVM and `/dev/sev` call of the TEE launch paths. The memory calls that also serve the
+/// run-time page-state changes are in the supertrait [`MemoryOps`].
+pub trait TeeOps: MemoryOps {
     /// `KVM_CHECK_EXTENSION` on `/dev/kvm`.
     fn check_extension(&mut self, cap: u32) -> io::Result<u64>;
     /// `KVM_GET_DEVICE_ATTR` on `/dev/kvm`.
@@ -35,8 +37,6 @@ pub trait TeeOps {
     fn create_guest_memfd(&mut self, args: &KvmCreateGuestMemfd) -> io::Result<u32>;
     /// `KVM_SET_USER_MEMORY_REGION2`.
     fn set_user_memory_region2(&mut self, region: &KvmUserspaceMemoryRegion2) -> io::Result<()>;
-    /// `KVM_SET_MEMORY_ATTRIBUTES`.
-    fn set_memory_attributes(&mut self, attrs: &KvmMemoryAttributes) -> io::Result<()>;
     /// `KVM_CREATE_VCPU(id)`.
     fn create_vcpu(&mut self, id: u32) -> io::Result<()>;
     /// `KVM_SET_REGS/SREGS/FPU/XCRS/DEBUGREGS/MSRS(PAT)` for vCPU `id`.
@@ -376,8 +376,7 @@ pub(crate) fn map_private_ram<O: TeeOps + ?Sized>(
             ..Default::default()
         })
         .map_err(|e| ioctl_err("KVM_CREATE_GUEST_MEMFD", format!("size {total:#x}"), e))?;
-    let mut offset = 0;
-    for m in ram {
+    for (m, offset) in memfd_layout(ram) {
         let region = KvmUserspaceMemoryRegion2 {
             slot: m.slot,
             flags: KVM_MEM_GUEST_MEMFD,
@@ -397,9 +396,18 @@ pub(crate) fn map_private_ram<O: TeeOps + ?Sized>(
             )
         })?;
         set_private(ops, m.gpa, m.size, true)?;
-        offset += m.size;
     }
     Ok(())
+}
+
+/// Each RAM region with its offset in the one guest_memfd [`map_private_ram`] creates: the
+/// regions are laid out back to back in the order given.
+pub fn memfd_layout(ram: &[RamRegion]) -> impl Iterator<Item = (&RamRegion, u64)> {
+    ram.iter().scan(0u64, |offset, m| {
+        let at = *offset;
+        *offset = offset.saturating_add(m.size);
+        Some((m, at))
+    })
 }
 
 fn set_private<O: TeeOps + ?Sized>(
@@ -426,69 +434,6 @@ fn set_private<O: TeeOps + ?Sized>(
             e,
         )
     })
-}
-
-/// A page-state change the guest asked for through `KVM_HC_MAP_GPA_RANGE` (spec §5 step 10).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageStateChange {
-    pub gpa: u64,
-    pub size: u64,
-    pub private: bool,
-}
-
-/// Decodes `KVM_EXIT_HYPERCALL` args for `KVM_HC_MAP_GPA_RANGE`: gpa, page count, attributes.
-pub fn decode_map_gpa_range(nr: u64, args: [u64; 3]) -> Result<PageStateChange, TeeError> {
-    if nr != KVM_HC_MAP_GPA_RANGE {
-        return Err(TeeError::input(
-            "hypercall",
-            format!("nr {nr} is not KVM_HC_MAP_GPA_RANGE"),
-        ));
-    }
-    // Bits 0-1 of attrs are only a page-size hint; the range is npages 4 KiB pages.
-    let [gpa, npages, attrs] = args;
-    let size = npages
-        .checked_mul(4096)
-        .filter(|s| gpa.checked_add(*s).is_some());
-    match size {
-        Some(size) if gpa % 4096 == 0 && size > 0 => Ok(PageStateChange {
-            gpa,
-            size,
-            private: attrs & KVM_MAP_GPA_RANGE_ENCRYPTED != 0,
-        }),
-        _ => Err(TeeError::input(
-            "KVM_HC_MAP_GPA_RANGE",
-            format!("gpa {gpa:#x} npages {npages:#x} attrs {attrs:#x} is not a valid range"),
-        )),
-    }
-}
-
-/// Applies a page-state change (or a `KVM_EXIT_MEMORY_FAULT`) by setting the attributes. The
-/// VMM then discards the stale backing (punch hole / `MADV_DONTNEED`) and resumes the vCPU.
-pub fn apply_page_state<O: TeeOps>(ops: &mut O, psc: PageStateChange) -> Result<(), TeeError> {
-    set_private(ops, psc.gpa, psc.size, psc.private)
-}
-
-/// What a vCPU exit means for an SNP guest, for the VMM's run loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SnpExit {
-    /// Convert memory and resume (`KVM_EXIT_MEMORY_FAULT` or `KVM_HC_MAP_GPA_RANGE`).
-    Convert(PageStateChange),
-    /// The guest requested termination (`KVM_SYSTEM_EVENT_SEV_TERM`).
-    Terminate,
-}
-
-/// Classifies a `KVM_EXIT_MEMORY_FAULT` (flags, gpa, size).
-pub fn memory_fault(flags: u64, gpa: u64, size: u64) -> SnpExit {
-    SnpExit::Convert(PageStateChange {
-        gpa,
-        size,
-        private: flags & KVM_MEMORY_EXIT_FLAG_PRIVATE != 0,
-    })
-}
-
-/// Classifies a `KVM_EXIT_SYSTEM_EVENT` type; `None` for events that are not SNP's.
-pub fn system_event(event_type: u32) -> Option<SnpExit> {
-    (event_type == KVM_SYSTEM_EVENT_SEV_TERM).then_some(SnpExit::Terminate)
 }
 
 #[cfg(test)]

@@ -337,55 +337,6 @@ fn finish_carries_id_block_and_host_data() {
 }
 
 #[test]
-fn runtime_exits_become_attribute_changes() {
-    let psc = decode_map_gpa_range(
-        12,
-        [
-            0x10_0000,
-            4,
-            KVM_MAP_GPA_RANGE_ENCRYPTED | KVM_MAP_GPA_RANGE_PAGE_SZ_2M,
-        ],
-    )
-    .unwrap();
-    assert_eq!(
-        psc,
-        PageStateChange {
-            gpa: 0x10_0000,
-            size: 0x4000,
-            private: true
-        }
-    );
-    let shared = decode_map_gpa_range(12, [0x2000, 1, 0]).unwrap();
-    assert!(!shared.private);
-    assert!(decode_map_gpa_range(11, [0, 1, 0]).is_err());
-    let e = decode_map_gpa_range(12, [0x1001, 1, 0])
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("0x1001"), "{e}");
-    assert!(decode_map_gpa_range(12, [0x1000, u64::MAX, 0]).is_err());
-    assert!(decode_map_gpa_range(12, [0x1000, 0, 0]).is_err());
-
-    let mut ops = RecordingOps::snp_host();
-    apply_page_state(&mut ops, shared).unwrap();
-    let a = KvmMemoryAttributes::read_from_bytes(&ops.calls[0].bytes).unwrap();
-    assert_eq!((a.address, a.size, a.attributes), (0x2000, 0x1000, 0));
-
-    assert_eq!(
-        memory_fault(KVM_MEMORY_EXIT_FLAG_PRIVATE, 0x1000, 0x1000),
-        SnpExit::Convert(PageStateChange {
-            gpa: 0x1000,
-            size: 0x1000,
-            private: true
-        })
-    );
-    assert_eq!(
-        system_event(KVM_SYSTEM_EVENT_SEV_TERM),
-        Some(SnpExit::Terminate)
-    );
-    assert_eq!(system_event(1), None);
-}
-
-#[test]
 fn progress_reports_start_every_range_and_finish_in_order() {
     let plan = plan(2);
     let mut ops = RecordingOps::snp_host();

@@ -1,8 +1,8 @@
 //! TDX run-time exits (spec §6 step 8): `KVM_EXIT_TDX` sub-calls (GetQuote,
 //! SetupEventNotifyInterrupt, GetTdVmCallInfo; anything else is answered SUBFUNC_UNSUPPORTED),
 //! `KVM_SYSTEM_EVENT_TDX_FATAL` decoding, and the event-notify MSI. `KVM_HC_MAP_GPA_RANGE`
-//! and `KVM_EXIT_MEMORY_FAULT` are the same as for SNP ([`crate::snp::decode_map_gpa_range`],
-//! [`crate::snp::apply_page_state`]). Everything here works on plain values, so it is tested
+//! and `KVM_EXIT_MEMORY_FAULT` are the same as for SNP ([`crate::runtime::PageStateChanges`]).
+//! Everything here works on plain values, so it is tested
 //! without KVM.
 
 use std::sync::{Arc, Mutex, PoisonError};

@@ -11,17 +11,15 @@ use igvm_defs::{IgvmNativeVpContextX64, IgvmPlatformType, IGVM_VHS_PARAMETER};
 use kvm_bindings::{kvm_regs, kvm_segment};
 use kvm_ioctls::VcpuFd;
 use std::collections::HashMap;
+use tee::igvm_params::{MemoryKind, MemoryRange};
+#[cfg(test)]
+use tee::igvm_params::{IGVM_MEMORY, IGVM_PLATFORM_RESERVED, MEMMAP_ENTRY};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 const PAGE_4K: u64 = 4096;
 const PAGE_2M: u64 = 2 << 20;
 /// Largest parameter area cvmm fills (a bound on what a hostile file can make it allocate).
 pub const MAX_PARAMETER_AREA: u64 = 16 << 20;
-/// IGVM memory map entry types.
-const IGVM_MEMORY: u16 = 0;
-const IGVM_PLATFORM_RESERVED: u16 = 1;
-/// Size of `IGVM_VHS_MEMORY_MAP_ENTRY`.
-const MEMMAP_ENTRY: usize = 24;
 const CR0_PG: u64 = 1 << 31;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
@@ -193,8 +191,7 @@ impl Loader<'_> {
                 self.param(index, "VP_COUNT", p, &v)?;
             }
             IgvmDirectiveHeader::CommandLine(p) => {
-                let mut s = self.params.cmdline.as_bytes().to_vec();
-                s.push(0);
+                let s = tee::igvm_params::command_line(self.params.cmdline);
                 self.param(index, "COMMAND_LINE", p, &s)?;
             }
             IgvmDirectiveHeader::MemoryMap(p) => {
@@ -203,7 +200,8 @@ impl Loader<'_> {
             }
             IgvmDirectiveHeader::EnvironmentInfo(p) => {
                 // Bit 0 memory_is_shared: without isolation all guest memory is host-visible.
-                self.param(index, "ENVIRONMENT_INFO", p, &1u32.to_le_bytes())?;
+                let info = tee::igvm_params::ENVIRONMENT_INFO.to_le_bytes();
+                self.param(index, "ENVIRONMENT_INFO", p, &info)?;
             }
             IgvmDirectiveHeader::Madt(_)
             | IgvmDirectiveHeader::Srat(_)
@@ -339,33 +337,24 @@ impl Loader<'_> {
 /// The guest's memory map as IGVM `MEMORY_MAP` entries (sorted, page granular: RAM rounded
 /// inwards, reserved ranges outwards), followed by the zero terminator entry.
 pub fn memory_map(memory_mib: u64) -> Vec<u8> {
-    let mut e = e820_map(memory_mib);
-    e.sort_by_key(|r| r.0);
-    let mut out = Vec::new();
-    for (start, size, kind) in e {
-        let (first, end, t) = if kind == E820_RAM {
-            (
-                start.div_ceil(PAGE_4K),
-                (start + size) / PAGE_4K,
-                IGVM_MEMORY,
-            )
-        } else {
-            (
-                start / PAGE_4K,
-                (start + size).div_ceil(PAGE_4K),
-                IGVM_PLATFORM_RESERVED,
-            )
-        };
-        if end <= first {
-            continue;
-        }
-        out.extend_from_slice(&first.to_le_bytes());
-        out.extend_from_slice(&(end - first).to_le_bytes());
-        out.extend_from_slice(&t.to_le_bytes());
-        out.extend_from_slice(&[0u8; 6]); // flags (u16) and reserved (u32)
-    }
-    out.extend_from_slice(&[0u8; MEMMAP_ENTRY]);
-    out
+    tee::igvm_params::memory_map(&memory_ranges(memory_mib))
+}
+
+/// The E820 map of a guest with `memory_mib` of RAM as IGVM memory ranges (also what the
+/// SEV-SNP launch puts in an IGVM file's MEMORY_MAP).
+pub fn memory_ranges(memory_mib: u64) -> Vec<MemoryRange> {
+    e820_map(memory_mib)
+        .into_iter()
+        .map(|(gpa, size, kind)| MemoryRange {
+            gpa,
+            size,
+            kind: if kind == E820_RAM {
+                MemoryKind::Ram
+            } else {
+                MemoryKind::Reserved
+            },
+        })
+        .collect()
 }
 
 /// Bits 11:8 of the IGVM segment attributes must be zero (they hold the limit in a descriptor).

@@ -8,19 +8,23 @@ use crate::error::{Result, VmmError};
 use crate::memory::GuestMem;
 use crate::spec::{TeeMode, VmSpec};
 use kvm_bindings::{
-    kvm_create_guest_memfd, kvm_debugregs, kvm_device_attr, kvm_enable_cap, kvm_fpu,
-    kvm_memory_attributes, kvm_msr_entry, kvm_regs, kvm_segment, kvm_userspace_memory_region2,
-    kvm_xcr, kvm_xcrs, CpuId, Msrs,
+    kvm_create_guest_memfd, kvm_debugregs, kvm_device_attr, kvm_enable_cap, kvm_fpu, kvm_msr_entry,
+    kvm_regs, kvm_segment, kvm_userspace_memory_region2, kvm_xcr, kvm_xcrs, CpuId, Msrs,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+pub use runtime::TeeRuntime;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 use tee::detect::{HostPaths, Platform};
-use tee::snp::{RamRegion, TeeOps};
+use tee::snp::{MemoryOps, RamRegion, TeeOps};
 use tee::uapi::{KvmCpuidEntry2, KvmSevCmd, KvmTdxCmd, KVM_MEMORY_ENCRYPT_OP};
 use tee::vmsa::{Segment, VcpuRegs};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+#[path = "tee_runtime.rs"]
+pub mod runtime;
 
 /// `KVM_GET_DEVICE_ATTR`: `_IOW(KVMIO, 0xe2, struct kvm_device_attr)`.
 const KVM_GET_DEVICE_ATTR: u64 = 0x4018_aee2;
@@ -39,6 +43,15 @@ pub struct TeeResources {
     _sev: Option<File>,
     _memfds: Vec<OwnedFd>,
     _firmware: Option<GuestMem>,
+    runtime: Option<Arc<TeeRuntime>>,
+}
+
+impl TeeResources {
+    /// The run-time exit handler of the launched guest, for every vCPU thread (see
+    /// [`TeeRuntime`]); `None` until the launch has finished.
+    pub fn runtime(&self) -> Option<Arc<TeeRuntime>> {
+        self.runtime.clone()
+    }
 }
 
 /// [`TeeOps`] over kvm-ioctls and raw ioctls.
@@ -48,6 +61,8 @@ pub struct KvmTeeOps<'a> {
     vm: Option<VmFd>,
     vcpus: Vec<(u32, VcpuFd)>,
     memfds: Vec<OwnedFd>,
+    /// Shared mappings given to memslots: (userspace address, size).
+    shared: Vec<(u64, u64)>,
     on_vm: Option<VmHook<'a>>,
     on_vcpu: Option<VcpuHook<'a>>,
 }
@@ -77,6 +92,7 @@ impl<'a> KvmTeeOps<'a> {
             vm: None,
             vcpus: Vec::new(),
             memfds: Vec::new(),
+            shared: Vec::new(),
             on_vm: None,
             on_vcpu: None,
         }
@@ -114,6 +130,7 @@ impl<'a> KvmTeeOps<'a> {
             _sev: self.sev,
             _memfds: self.memfds,
             _firmware: None,
+            runtime: None,
         };
         Ok((vm, self.vcpus, keep))
     }
@@ -153,6 +170,20 @@ fn encrypt_op<T>(fd: &impl AsRawFd, cmd: &mut T) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+impl MemoryOps for KvmTeeOps<'_> {
+    fn set_memory_attributes(&mut self, a: &tee::uapi::KvmMemoryAttributes) -> io::Result<()> {
+        runtime::set_attributes(self.vm()?, a)
+    }
+
+    fn punch_hole(&mut self, memfd: u32, offset: u64, len: u64) -> io::Result<()> {
+        runtime::punch_hole(&self.memfds, memfd, offset, len)
+    }
+
+    fn discard_shared(&mut self, userspace_addr: u64, len: u64) -> io::Result<()> {
+        runtime::discard_shared(&self.shared, userspace_addr, len)
+    }
 }
 
 impl TeeOps for KvmTeeOps<'_> {
@@ -241,17 +272,9 @@ impl TeeOps for KvmTeeOps<'_> {
         };
         // SAFETY: the regions come from `ram_regions`, i.e. live mappings owned by the VM's
         // guest memory (or TeeResources), which outlive the VM fd; slots do not overlap.
-        unsafe { self.vm()?.set_user_memory_region2(region) }.map_err(errno)
-    }
-
-    fn set_memory_attributes(&mut self, a: &tee::uapi::KvmMemoryAttributes) -> io::Result<()> {
-        let attr = kvm_memory_attributes {
-            address: a.address,
-            size: a.size,
-            attributes: a.attributes,
-            flags: a.flags,
-        };
-        self.vm()?.set_memory_attributes(attr).map_err(errno)
+        unsafe { self.vm()?.set_user_memory_region2(region) }.map_err(errno)?;
+        self.shared.push((r.userspace_addr, r.memory_size));
+        Ok(())
     }
 
     fn create_vcpu(&mut self, id: u32) -> io::Result<()> {
@@ -497,7 +520,13 @@ pub fn snp_boot<'a>(
         guest_features: tee::plan::SEV_FEATURE_SNP_ACTIVE,
         ovmf_hash: None,
     };
-    let plan = tee::plan::LaunchPlan::from_inputs(&inputs).map_err(tee_err)?;
+    // IGVM parameter areas get what the native IGVM boot gives: command line, E820-derived
+    // memory map, vCPU count, environment info.
+    let igvm_params = tee::igvm::IgvmParams {
+        cmdline: spec.cmdline.clone(),
+        memory: crate::igvm_boot::memory_ranges(spec.memory_mib),
+    };
+    let plan = tee::plan::LaunchPlan::from_inputs_with(&inputs, &igvm_params).map_err(tee_err)?;
     tracing::info!(
         digest = %tee::measure::hex(&plan.digest()),
         ranges = plan.ranges.len(),
@@ -542,6 +571,12 @@ pub fn snp_boot<'a>(
         source,
     })?;
     keep._firmware = firmware;
+    let runtime =
+        TeeRuntime::for_vm(&vm, &keep._memfds, &cfg.ram).map_err(|source| VmmError::Host {
+            what: "SEV-SNP run-time handler",
+            source,
+        })?;
+    keep.runtime = Some(Arc::new(runtime));
     Ok((vm, vcpus, keep))
 }
 

@@ -42,6 +42,8 @@ pub struct VcpuShared {
     pub fault: Arc<Mutex<Option<VmExit>>>,
     pub running: Arc<AtomicBool>,
     pub timeline: Timeline,
+    /// SEV-SNP run-time handling (page-state changes, memory faults, termination requests).
+    pub tee: Option<Arc<crate::tee_kvm::runtime::TeeRuntime>>,
 }
 
 impl VcpuShared {
@@ -88,6 +90,35 @@ pub fn run(mut fd: VcpuFd, id: u32, sh: VcpuShared) {
             Ok(VcpuExit::Shutdown) => {
                 tracing::warn!(vcpu = id, "triple fault");
                 sh.fail(VmExit::TripleFault);
+            }
+            Ok(VcpuExit::Hypercall(h)) => {
+                match sh.tee.as_ref().and_then(|t| t.on_hypercall(h.nr, &h.args)) {
+                    Some(ret) => *h.ret = ret,
+                    None => sh.fail(VmExit::Failed(format!(
+                        "vCPU {id}: unhandled hypercall {}",
+                        h.nr
+                    ))),
+                }
+            }
+            Ok(VcpuExit::MemoryFault { flags, gpa, size }) => {
+                let handled = sh.tee.as_ref().map(|t| t.on_memory_fault(flags, gpa, size));
+                match handled {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => sh.fail(VmExit::Failed(format!("vCPU {id}: {e}"))),
+                    None => sh.fail(VmExit::Failed(format!(
+                        "vCPU {id}: memory fault at {gpa:#x}+{size:#x} (flags {flags:#x}) outside a confidential VM"
+                    ))),
+                }
+            }
+            Ok(VcpuExit::SystemEvent(kind, data))
+                if sh
+                    .tee
+                    .as_ref()
+                    .is_some_and(|t| t.on_system_event(kind, data).is_some()) =>
+            {
+                sh.fail(VmExit::Failed(format!(
+                    "vCPU {id}: the guest asked to terminate (SEV-SNP, system event {kind})"
+                )));
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => sh.stop.stop(devices::legacy::GuestStop::PowerOff),

@@ -239,6 +239,7 @@ impl Vm {
         let mut mmio = MmioBus::default();
         let pci = crate::devices::attach_pci(spec, &vm, &mem, &mut pio, &mut mmio, &timeline)?;
 
+        let tee_runtime = tee.as_ref().and_then(|k| k.runtime());
         Ok(Self {
             _kvm: kvm,
             vm,
@@ -253,6 +254,7 @@ impl Vm {
                 fault: Arc::new(Mutex::new(None)),
                 running: Arc::new(AtomicBool::new(true)),
                 timeline: timeline.clone(),
+                tee: tee_runtime,
             },
             serial,
             serial_out,
