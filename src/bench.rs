@@ -3,9 +3,12 @@
 //! alternately, as a table, JSON, Markdown and a stacked-bar PNG. A failing run of either side is
 //! reported and makes the command fail; nothing is averaged away.
 
+mod markdown;
 mod plot;
 mod run;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -65,8 +68,11 @@ pub struct Report {
     pub cvmm_exit_ms: Option<Summary>,
     /// cvmm time to the ready marker, ms.
     pub cvmm_ready_ms: Option<Summary>,
-    /// cvmm peak RSS, KiB.
+    /// cvmm peak RSS, KiB (wait4 ru_maxrss, measured as for the other side).
     pub cvmm_rss_kib: Option<Summary>,
+    /// cvmm's timeline metrics over the runs (`vmm_hwm_kib`, `guest_rss_kib`,
+    /// `vmm_overhead_kib` = peak RSS minus resident guest pages, TEE page counts, ...).
+    pub cvmm_metrics: BTreeMap<String, Summary>,
     /// The other VMM, when `--vs` was given.
     pub other: Option<OtherReport>,
     /// Failed runs, each with what went wrong.
@@ -99,14 +105,33 @@ pub struct OtherReport {
     pub ready_ratio: Option<f64>,
 }
 
-/// Runs the benchmark; the exit status is non-zero when any run failed.
-pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
+/// Refuses arguments that cannot give a benchmark.
+fn validate(args: &BenchArgs) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs 0: at least one measured run is needed");
     }
-    if args.run_args.iter().any(|a| a == "--timeline") {
-        bail!("the `cvmm run` arguments must not set --timeline: cvmm bench sets its own");
+    if args.timeout == 0 {
+        bail!("--timeout 0: a run needs some time");
     }
+    if let Some(a) = args
+        .run_args
+        .iter()
+        .find(|a| *a == "--timeline" || a.starts_with("--timeline="))
+    {
+        bail!("the `cvmm run` arguments set '{a}': cvmm bench sets its own --timeline");
+    }
+    if args.vs.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        bail!("--vs '': give the other VMM's command line");
+    }
+    if args.ready_marker.as_deref() == Some("") {
+        bail!("--ready-marker '': an empty marker matches any line");
+    }
+    Ok(())
+}
+
+/// Runs the benchmark; the exit status is non-zero when any run failed.
+pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
+    validate(&args)?;
     let exe = std::env::current_exe().context("finding the cvmm executable")?;
     let limit = Duration::from_secs(args.timeout);
     let marker = args.ready_marker.as_deref();
@@ -135,13 +160,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         tracing::info!(run = %label, "bench run done");
     }
     let report = build_report(&args, &cvmm, &other, failures);
-    print!("{}", markdown(&report));
+    print!("{}", markdown::render(&report));
     if let Some(p) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(p, text).with_context(|| format!("writing '{}'", p.display()))?;
     }
     if let Some(p) = &args.markdown {
-        std::fs::write(p, markdown(&report))
+        std::fs::write(p, markdown::render(&report))
             .with_context(|| format!("writing '{}'", p.display()))?;
     }
     if let Some(p) = &args.plot {
@@ -162,9 +187,13 @@ fn build_report(
     // Phases in the order of the first run; every run's value where present.
     let mut order: Vec<String> = Vec::new();
     let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut metrics: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for r in cvmm {
-        if let Outcome::Timeline(events) = &r.outcome {
-            for (name, us) in events {
+        if let Outcome::Timeline(doc) = &r.outcome {
+            for (name, v) in &doc.metrics {
+                metrics.entry(name.clone()).or_default().push(*v as f64);
+            }
+            for (name, us) in &doc.events {
                 if !order.contains(name) {
                     order.push(name.clone());
                 }
@@ -187,7 +216,8 @@ fn build_report(
     let first_run: Vec<f64> = cvmm
         .iter()
         .filter_map(|r| match &r.outcome {
-            Outcome::Timeline(ev) => ev
+            Outcome::Timeline(doc) => doc
+                .events
                 .iter()
                 .find(|(n, _)| n.starts_with("first_kvm_run"))
                 .map(|(_, us)| *us as f64 / 1000.0),
@@ -224,54 +254,11 @@ fn build_report(
         cvmm_exit_ms: c_exit,
         cvmm_ready_ms: c_ready,
         cvmm_rss_kib: rss(cvmm),
+        cvmm_metrics: metrics
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), Summary::of(v)?)))
+            .collect(),
         other,
         failures,
     }
-}
-
-fn cells(s: &Option<Summary>) -> String {
-    match s {
-        Some(s) => format!(
-            "{:.2} | {:.2} | {:.2} | {:.2}",
-            s.min, s.median, s.p90, s.max
-        ),
-        None => "– | – | – | –".into(),
-    }
-}
-
-/// The report as Markdown tables (also what is printed).
-pub fn markdown(r: &Report) -> String {
-    let mut out = format!(
-        "cvmm bench: {} runs (+{} warm-up), cvmm run {}\n\n| phase (ms since process start) | min | median | p90 | max |\n|---|---|---|---|---|\n",
-        r.runs,
-        r.warmup,
-        r.cvmm_args.join(" ")
-    );
-    for p in &r.phases {
-        out += &format!("| {} | {} |\n", p.phase, cells(&Some(p.ms)));
-    }
-    out += "\n| measure | min | median | p90 | max |\n|---|---|---|---|---|\n";
-    out += &format!(
-        "| cvmm: process start → first KVM_RUN (ms) | {} |\n",
-        cells(&r.vmm_share_ms)
-    );
-    out += &format!("| cvmm: ready (ms) | {} |\n", cells(&r.cvmm_ready_ms));
-    out += &format!("| cvmm: exit (ms) | {} |\n", cells(&r.cvmm_exit_ms));
-    out += &format!("| cvmm: peak RSS (KiB) | {} |\n", cells(&r.cvmm_rss_kib));
-    if let Some(o) = &r.other {
-        out += &format!("| other: ready (ms) | {} |\n", cells(&o.ready_ms));
-        out += &format!("| other: exit (ms) | {} |\n", cells(&o.exit_ms));
-        out += &format!("| other: peak RSS (KiB) | {} |\n", cells(&o.rss_kib));
-        let f = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2}"));
-        out += &format!(
-            "\nratio cvmm / other (medians): ready {}, exit {}  (other: `{}`)\n",
-            f(o.ready_ratio),
-            f(o.exit_ratio),
-            o.command
-        );
-    }
-    if !r.failures.is_empty() {
-        out += &format!("\nFAILED runs: {}\n", r.failures.len());
-    }
-    out
 }

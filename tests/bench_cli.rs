@@ -1,13 +1,16 @@
 //! `cvmm bench` on the probe guest (tier B): 3 runs give a complete, well-formed JSON report
 //! with the phases in boot order, a PNG, and (when QEMU is installed) a ratio against QEMU
-//! microvm; a `--vs` command that fails is reported and fails the bench; bad arguments are
+//! microvm; a `--vs` command that fails is reported and fails the bench; the network phases
+//! (first guest frame, first forwarded connection) show up in boot order; bad arguments are
 //! refused.
 
 mod common;
 
 use common::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -80,6 +83,9 @@ fn three_runs_give_a_complete_report_and_a_png() {
     ] {
         summary_ok(&doc[key], key);
     }
+    for metric in ["vmm_hwm_kib", "vmm_overhead_kib"] {
+        summary_ok(&doc["cvmm_metrics"][metric], metric);
+    }
     let phases = doc["phases"].as_array().unwrap();
     let median = |name: &str| {
         phases
@@ -121,6 +127,83 @@ fn three_runs_give_a_complete_report_and_a_png() {
     let _ = std::fs::remove_file(png);
 }
 
+/// The median of `name` in a report's phases, if recorded.
+fn phase_median(doc: &serde_json::Value, name: &str) -> Option<f64> {
+    doc["phases"]
+        .as_array()?
+        .iter()
+        .find(|p| p["phase"] == name)?["ms"]["median"]
+        .as_f64()
+}
+
+#[test]
+fn network_phases_appear_in_the_report() {
+    if !kvm_available("tier B bench") {
+        return;
+    }
+    let k = probe("pvh");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let json = tmp("net.json");
+    // The guest serves one request on port 7002; a client keeps trying until it is answered.
+    let client = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < LIMIT {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+                let mut out = String::new();
+                if s.write_all(b"ECHO bench\n").is_ok()
+                    && s.read_to_string(&mut out).is_ok()
+                    && !out.is_empty()
+                {
+                    return out;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        String::new()
+    });
+    let forward = format!("tcp:127.0.0.1:{port}-:7002");
+    let r = run_cvmm(
+        &[
+            "bench",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            json.to_str().unwrap(),
+            "--",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--memory",
+            "128M",
+            "--append",
+            "probe.net=dhcp probe.serve=1 probe.exit=poweroff",
+            "--forward",
+            &forward,
+        ],
+        LIMIT,
+    );
+    assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(client.join().unwrap(), "bench\n");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let at = |name: &str| phase_median(&doc, name).unwrap_or_else(|| panic!("no {name}: {doc}"));
+    let (run, frame, accept, stop) = (
+        at("first_kvm_run[vcpu0]"),
+        at("net_first_guest_frame"),
+        at("fwd_first_accept"),
+        at("guest_stop"),
+    );
+    // The guest must run to send a frame; the host may connect before the guest runs.
+    assert!(run <= frame && frame <= stop, "{doc}");
+    assert!(accept <= stop, "{doc}");
+    let _ = std::fs::remove_file(json);
+}
+
 #[test]
 fn a_failing_vs_command_is_reported_and_fails_the_bench() {
     if !kvm_available("tier B bench") {
@@ -151,6 +234,12 @@ fn a_failing_vs_command_is_reported_and_fails_the_bench() {
     assert!(r.stderr.contains("FAILED --vs run 1"), "{}", r.stderr);
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(doc["failures"].as_array().unwrap().len(), 1, "{doc}");
+    let why = doc["failures"][0].as_str().unwrap();
+    assert!(
+        why.contains("--vs run 1") && why.contains("exit status 1"),
+        "{why}"
+    );
+    assert!(r.stdout.contains("FAILED runs: 1"), "{}", r.stdout);
     assert!(
         doc["other"]["exit_ms"].is_null(),
         "no made-up numbers: {doc}"

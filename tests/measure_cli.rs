@@ -137,6 +137,30 @@ fn explain_breaks_the_plan_down_and_still_ends_with_the_measurement() {
             text.contains("(assumed costs)"),
             "estimates are labelled: {text}"
         );
+        // The prediction is the measured hashing plus the assumed device costs.
+        let ms_after = |key: &str| -> f64 {
+            let line = lines
+                .iter()
+                .find(|l| l.contains(key))
+                .unwrap_or_else(|| panic!("no '{key}' line: {text}"));
+            let v = line.rsplit_once(" ms").unwrap().0;
+            let v = v.rsplit([' ', '~']).next().unwrap();
+            v.parse().unwrap_or_else(|_| panic!("'{line}'"))
+        };
+        let (hash, device, total) = (
+            ms_after("hashing:"),
+            ms_after("(assumed costs)"),
+            ms_after("predicted launch phase:"),
+        );
+        assert!(hash > 0.0 && device > 0.0, "{text}");
+        assert!((total - (hash + device)).abs() < 0.2, "{text}");
+        let bytes = text
+            .split("bytes hashed: ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no bytes hashed: {text}"));
+        assert!(bytes > 0 && bytes.is_multiple_of(4096), "{text}");
         // The measurement is unchanged and still the last line.
         assert_eq!(
             lines.last().copied(),

@@ -1,6 +1,7 @@
 //! The phase breakdown as stacked bars (plotters, bitmap backend): cvmm's median timeline, phase
-//! after phase up to its exit, beside the other VMM's ready and exit. Text needs a TrueType
-//! font; Debian's DejaVu Sans is used when installed, otherwise the bars are drawn unlabelled.
+//! after phase up to its exit, beside the other VMM's ready and exit; a line marks each side's
+//! ready marker. Text needs a TrueType font; Debian's DejaVu Sans is used when installed,
+//! otherwise the bars are drawn unlabelled.
 
 use super::Report;
 use plotters::prelude::*;
@@ -31,8 +32,12 @@ fn load_font() -> bool {
     })
 }
 
-/// One bar: (label, [(segment name, from ms, to ms)]).
-type Bar = (String, Vec<(String, f64, f64)>);
+/// One bar: label, [(segment name, from ms, to ms)], and where its ready marker was seen.
+struct Bar {
+    label: String,
+    segs: Vec<(String, f64, f64)>,
+    ready: Option<f64>,
+}
 
 fn bars(r: &Report) -> Vec<Bar> {
     let mut segs = Vec::new();
@@ -45,7 +50,11 @@ fn bars(r: &Report) -> Vec<Bar> {
     if let Some(exit) = r.cvmm_exit_ms {
         segs.push(("until exit".to_string(), prev, exit.median.max(prev)));
     }
-    let mut out = vec![("cvmm".to_string(), segs)];
+    let mut out = vec![Bar {
+        label: "cvmm".to_string(),
+        segs,
+        ready: r.cvmm_ready_ms.map(|s| s.median),
+    }];
     if let Some(o) = &r.other {
         let mut segs = Vec::new();
         let ready = o.ready_ms.map(|s| s.median).unwrap_or(0.0);
@@ -55,18 +64,38 @@ fn bars(r: &Report) -> Vec<Bar> {
         if let Some(e) = o.exit_ms {
             segs.push(("until exit".to_string(), ready, e.median.max(ready)));
         }
-        out.push(("other".to_string(), segs));
+        // The bar is named by the program the command runs (`qemu-system-x86_64`, ...).
+        let program = o
+            .command
+            .split_whitespace()
+            .next()
+            .and_then(|w| w.rsplit('/').next())
+            .unwrap_or("other");
+        let label = if segs.is_empty() {
+            format!("{program} (failed)")
+        } else {
+            program.to_string()
+        };
+        out.push(Bar {
+            label,
+            segs,
+            ready: o.ready_ms.map(|s| s.median),
+        });
     }
     out
 }
 
-/// Writes the PNG.
+/// Writes the PNG, labelled when a font could be loaded.
 pub fn draw(r: &Report, path: &Path) -> anyhow::Result<()> {
-    let text = load_font();
+    render(r, path, load_font())
+}
+
+/// Writes the PNG; without `text`, bars and legend swatches only.
+pub fn render(r: &Report, path: &Path, text: bool) -> anyhow::Result<()> {
     let bars = bars(r);
     let top_ms = bars
         .iter()
-        .flat_map(|(_, s)| s.iter().map(|x| x.2))
+        .flat_map(|b| b.segs.iter().map(|x| x.2).chain(b.ready))
         .fold(0.0f64, f64::max)
         .max(1e-3);
     let y = |ms: f64| BOTTOM - ((ms / top_ms) * f64::from(BOTTOM - TOP)) as i32;
@@ -74,9 +103,9 @@ pub fn draw(r: &Report, path: &Path) -> anyhow::Result<()> {
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let err = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("{e:?}");
     let mut legend: Vec<String> = Vec::new();
-    for (i, (label, segs)) in bars.iter().enumerate() {
+    for (i, bar) in bars.iter().enumerate() {
         let x0 = 120 + i as i32 * 260;
-        for (name, from, to) in segs {
+        for (name, from, to) in &bar.segs {
             let k = match legend.iter().position(|n| n == name) {
                 Some(k) => k,
                 None => {
@@ -88,10 +117,27 @@ pub fn draw(r: &Report, path: &Path) -> anyhow::Result<()> {
             root.draw(&Rectangle::new([(x0, y(*to)), (x0 + 160, y(*from))], color))
                 .map_err(err)?;
         }
+        if let Some(ready) = bar.ready {
+            // The ready marker: the same console line on both sides, so the comparable point.
+            let at = y(ready);
+            root.draw(&PathElement::new(
+                vec![(x0 - 6, at), (x0 + 166, at)],
+                BLACK.stroke_width(3),
+            ))
+            .map_err(err)?;
+            if text {
+                root.draw(&Text::new(
+                    format!("ready {ready:.1}"),
+                    (x0 + 170, at - 7),
+                    ("sans-serif", 13),
+                ))
+                .map_err(err)?;
+            }
+        }
         if text {
             root.draw(&Text::new(
-                label.clone(),
-                (x0 + 50, BOTTOM + 15),
+                bar.label.clone(),
+                (x0, BOTTOM + 15),
                 ("sans-serif", 18),
             ))
             .map_err(err)?;
@@ -104,7 +150,7 @@ pub fn draw(r: &Report, path: &Path) -> anyhow::Result<()> {
     .map_err(err)?;
     if text {
         let title = format!(
-            "boot phases, median of {} runs (ms since process start)",
+            "boot phases, medians of {} runs (ms from start; black line: ready marker)",
             r.runs
         );
         root.draw(&Text::new(title, (100, 20), ("sans-serif", 20)))

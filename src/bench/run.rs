@@ -11,10 +11,19 @@ use std::time::{Duration, Instant};
 /// What a run left besides its times.
 #[derive(Debug)]
 pub enum Outcome {
-    /// cvmm's timeline: (phase, microseconds since process start) in order.
-    Timeline(Vec<(String, u64)>),
+    /// cvmm's timeline.
+    Timeline(TimelineDoc),
     /// Another VMM: no timeline.
     Plain,
+}
+
+/// The parts of a `cvmm run --timeline` file the report uses.
+#[derive(Debug, Default)]
+pub struct TimelineDoc {
+    /// (phase, microseconds since process start), in the order recorded.
+    pub events: Vec<(String, u64)>,
+    /// The named numbers beside the events (`vmm_hwm_kib`, `vmm_overhead_kib`, ...).
+    pub metrics: Vec<(String, u64)>,
 }
 
 /// One finished run.
@@ -58,11 +67,19 @@ pub fn other(command: &str, marker: Option<&str>, limit: Duration) -> anyhow::Re
     timed(cmd, marker, limit)
 }
 
-/// The events of a `cvmm run --timeline` file, named for the report.
-pub fn parse_timeline(text: &str) -> anyhow::Result<Vec<(String, u64)>> {
+/// The events of a `cvmm run --timeline` file, named for the report, and its metrics.
+pub fn parse_timeline(text: &str) -> anyhow::Result<TimelineDoc> {
     let doc: serde_json::Value = serde_json::from_str(text).context("timeline is not JSON")?;
     let events = doc["events"].as_array().context("timeline has no events")?;
-    events
+    let metrics = doc["metrics"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let events = events
         .iter()
         .map(|e| {
             let phase = e["phase"].as_str().context("event without a phase")?;
@@ -74,7 +91,8 @@ pub fn parse_timeline(text: &str) -> anyhow::Result<Vec<(String, u64)>> {
             };
             Ok((name, us))
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok(TimelineDoc { events, metrics })
 }
 
 fn timed(mut cmd: Command, marker: Option<&str>, limit: Duration) -> anyhow::Result<OneRun> {
@@ -123,12 +141,24 @@ fn timed(mut cmd: Command, marker: Option<&str>, limit: Duration) -> anyhow::Res
     std::mem::forget(child); // reaped by wait4
     let _ = reader.join();
     let stderr = err_reader.join().unwrap_or_default();
-    let tail: String = stderr.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+    let mut tail: String = stderr.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+    if tail.is_empty() {
+        tail = "(empty)".into();
+    }
     if !waited {
         bail!("no exit within {limit:?} (killed); stderr: {tail}");
     }
+    if libc::WIFSIGNALED(status) {
+        bail!(
+            "killed by signal {} (not a clean exit 0); stderr: {tail}",
+            libc::WTERMSIG(status)
+        );
+    }
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("exit status {status:#x} (not a clean exit 0); stderr: {tail}");
+        bail!(
+            "exit status {} (not a clean exit 0); stderr: {tail}",
+            libc::WEXITSTATUS(status)
+        );
     }
     // A line read after the exit was seen still happened before it.
     let ready = rx.try_iter().next().map(|r| r.min(exit));
@@ -153,8 +183,11 @@ mod tests {
     #[test]
     fn timeline_events_get_report_names() {
         let text = r#"{"events":[{"phase":"process_start","us":0},{"phase":"kvm_vm_created","us":900},
-            {"phase":"first_kvm_run","us":2000,"vcpu":0},{"phase":"port80","us":2100,"code":64}]}"#;
-        let ev = parse_timeline(text).unwrap();
+            {"phase":"first_kvm_run","us":2000,"vcpu":0},{"phase":"port80","us":2100,"code":64}],
+            "metrics":{"vmm_hwm_kib":5120,"bogus":"x"}}"#;
+        let doc = parse_timeline(text).unwrap();
+        assert_eq!(doc.metrics, [("vmm_hwm_kib".to_string(), 5120)]);
+        let ev = doc.events;
         let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
@@ -168,6 +201,7 @@ mod tests {
         assert_eq!(ev[2].1, 2000);
         assert!(parse_timeline("{}").is_err());
         assert!(parse_timeline("not json").is_err());
+        assert!(parse_timeline(r#"{"events":[{"phase":"x"}]}"#).is_err());
     }
 
     #[test]
@@ -175,7 +209,11 @@ mod tests {
         let e = other("exit 3", None, Duration::from_secs(10))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("exit status"), "{e}");
+        assert!(e.contains("exit status 3"), "{e}");
+        let e = other("kill -9 $$", None, Duration::from_secs(10))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("killed by signal 9"), "{e}");
         let e = other("echo hello", Some("ready"), Duration::from_secs(10))
             .unwrap_err()
             .to_string();
