@@ -160,7 +160,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<bool> {
         tracing::info!(run = %label, "bench run done");
     }
     let report = build_report(&args, &cvmm, &other, failures);
-    print!("{}", markdown::render(&report));
+    crate::cli::stdout_text(&markdown::render(&report));
     if let Some(p) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(p, text).with_context(|| format!("writing '{}'", p.display()))?;

@@ -205,7 +205,7 @@ fn measure_bytes(a: MeasureArgs) -> anyhow::Result<Vec<u8>> {
                     tee::tdx_plan::TdxPlan::from_igvm(name, data)?
                 }
             };
-            print!("{}", crate::explain::tdx(&plan));
+            stdout_text(&crate::explain::tdx(&plan));
         }
         return Ok(tee::tdx_mrtd(&firmware)?.to_vec());
     }
@@ -242,10 +242,9 @@ fn measure_bytes(a: MeasureArgs) -> anyhow::Result<Vec<u8>> {
         ovmf_hash,
     };
     if a.explain {
-        print!(
-            "{}",
-            crate::explain::snp(&tee::plan::LaunchPlan::from_inputs(&inputs)?)
-        );
+        stdout_text(&crate::explain::snp(&tee::plan::LaunchPlan::from_inputs(
+            &inputs,
+        )?));
     }
     Ok(tee::snp_digest(&inputs)?.to_vec())
 }
@@ -499,6 +498,14 @@ fn run_qemu(args: Vec<String>, timeline: Timeline) -> ExitCode {
     }
 }
 
+/// Writes `text` to stdout; a reader that went away (`cvmm measure | head -c 8`) is not an
+/// error worth a panic, so a broken pipe is ignored.
+pub fn stdout_text(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     if let Some(args) = qemu_personality() {
@@ -539,7 +546,7 @@ pub fn main() -> ExitCode {
         },
         Command::Measure(args) => match measure(args) {
             Ok(hex) => {
-                println!("{hex}");
+                stdout_text(&format!("{hex}\n"));
                 ExitCode::SUCCESS
             }
             Err(e) => {

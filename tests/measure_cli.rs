@@ -169,3 +169,22 @@ fn explain_breaks_the_plan_down_and_still_ends_with_the_measurement() {
         );
     }
 }
+
+#[test]
+fn a_reader_that_goes_away_is_not_a_panic() {
+    let ovmf = "/usr/share/ovmf/OVMF.fd";
+    if !std::path::Path::new(ovmf).exists() {
+        return skip("no /usr/share/ovmf/OVMF.fd (apt-get install ovmf)");
+    }
+    let mut child = Command::new(common::cvmm())
+        .args(["measure", "--mode", "snp", "--ovmf", ovmf, "--explain"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader closes before cvmm writes
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+}
