@@ -18,31 +18,6 @@ use tonic::transport::Channel;
 
 const RANGE: u16 = 6;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A start port whose range of `RANGE` ports is bindable now.
-fn free_range() -> u16 {
-    for _ in 0..200 {
-        let start = free_port();
-        if start.checked_add(RANGE).is_none() {
-            continue;
-        }
-        let held: Vec<_> = (start..start + RANGE)
-            .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
-            .collect();
-        if held.len() == usize::from(RANGE) {
-            return start;
-        }
-    }
-    panic!("no free port range");
-}
-
 fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
@@ -77,7 +52,7 @@ impl Opts {
         std::fs::create_dir_all(&state).unwrap();
         Self {
             state,
-            fwd: free_range(),
+            fwd: free_range(RANGE),
             exe: cvmm(),
             tmpfs_kib: None,
             env: Vec::new(),

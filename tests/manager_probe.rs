@@ -58,14 +58,6 @@ impl Drop for Manager {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_manager(extra: &[(&str, String)]) -> Manager {
     let state =
         std::env::temp_dir().join(format!("cvmm-mgr-{}-{}", std::process::id(), free_port()));

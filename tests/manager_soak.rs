@@ -50,38 +50,13 @@ fn kill_recorded_vms(state: &Path) {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A start port whose range of `RANGE` ports is bindable now.
-fn free_range() -> u16 {
-    for _ in 0..200 {
-        let start = free_port();
-        if start.checked_add(RANGE).is_none() {
-            continue;
-        }
-        let held: Vec<_> = (start..start + RANGE)
-            .map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok())
-            .collect();
-        if held.len() == usize::from(RANGE) {
-            return start;
-        }
-    }
-    panic!("no free port range");
-}
-
 fn start_manager(cmdline: &str) -> Manager {
     let state =
         std::env::temp_dir().join(format!("cvmm-soak-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&state).unwrap();
     let initrd = state.join("initrd.img");
     std::fs::write(&initrd, vec![0u8; 4096]).unwrap();
-    let (grpc, http, fwd) = (free_port(), free_port(), free_range());
+    let (grpc, http, fwd) = (free_port(), free_port(), free_range(RANGE));
     let child = Command::new(cvmm())
         .arg("manager")
         .env("MANAGER_GRPC_HOST", "127.0.0.1")

@@ -11,14 +11,6 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn symlinked_qemu() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("cvmm-qemu-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

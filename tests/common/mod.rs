@@ -101,3 +101,29 @@ pub fn wait_limit(mut child: std::process::Child, limit: Duration) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A start port whose range of `len` ports is all bindable now.
+pub fn free_range(len: u16) -> u16 {
+    for _ in 0..200 {
+        let start = free_port();
+        if start.checked_add(len).is_none() {
+            continue;
+        }
+        let held: Vec<_> = (start..start + len)
+            .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if held.len() == usize::from(len) {
+            return start;
+        }
+    }
+    panic!("no free port range");
+}
