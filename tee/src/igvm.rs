@@ -21,6 +21,19 @@ use crate::TeeError;
 const PAGE_4K: u64 = 4096;
 const PAGE_2M: u64 = 2 << 20;
 
+/// The size of the page a PAGE_DATA directive loads (4 KiB, or 2 MiB with the 2 MiB flag), or
+/// why the directive does not fit it (unaligned GPA, more data than the page): one rule for
+/// the SEV-SNP plan and the native loader.
+pub fn page_data_size(gpa: u64, is_2mb: bool, data_len: usize) -> Result<u64, String> {
+    let len = if is_2mb { PAGE_2M } else { PAGE_4K };
+    if !gpa.is_multiple_of(len) || data_len as u64 > len {
+        return Err(format!(
+            "gpa {gpa:#x} with {data_len} data bytes does not fit a {len:#x}-byte page"
+        ));
+    }
+    Ok(len)
+}
+
 /// Builds the SNP launch plan from IGVM bytes. `inputs.guest_features` is the set of
 /// `sev_features` cvmm can pass through INIT2; the file's VMSA may use only those.
 pub fn plan_from_igvm(
@@ -181,21 +194,8 @@ impl Builder<'_> {
                 ..
             } => {
                 self.check_before_vmsa(index, "PAGE_DATA")?;
-                let page_len = if flags.is_2mb_page() {
-                    PAGE_2M
-                } else {
-                    PAGE_4K
-                };
-                if gpa % page_len != 0 || data.len() as u64 > page_len {
-                    return Err(self.err(
-                        index,
-                        "PAGE_DATA",
-                        format!(
-                            "gpa {gpa:#x} with {} data bytes does not fit a {page_len:#x}-byte page",
-                            data.len()
-                        ),
-                    ));
-                }
+                let page_len = page_data_size(*gpa, flags.is_2mb_page(), data.len())
+                    .map_err(|why| self.err(index, "PAGE_DATA", why))?;
                 if flags.shared() {
                     return Ok(());
                 }

@@ -17,7 +17,6 @@ use tee::igvm_params::{IGVM_MEMORY, IGVM_PLATFORM_RESERVED, MEMMAP_ENTRY};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 const PAGE_4K: u64 = 4096;
-const PAGE_2M: u64 = 2 << 20;
 /// Largest parameter area cvmm fills (a bound on what a hostile file can make it allocate).
 pub const MAX_PARAMETER_AREA: u64 = 16 << 20;
 const CR0_PG: u64 = 1 << 31;
@@ -77,6 +76,10 @@ pub fn load_native(
         mem,
         name,
         params,
+        values: tee::igvm_params::IgvmParams {
+            cmdline: params.cmdline.to_string(),
+            memory: memory_ranges(params.memory_mib),
+        },
         areas: HashMap::new(),
         context: None,
         pages_loaded: 0,
@@ -108,6 +111,8 @@ struct Loader<'a> {
     mem: &'a GuestMem,
     name: &'a str,
     params: &'a NativeParams<'a>,
+    /// What the parameter usages insert (command line, memory map), built once.
+    values: tee::igvm_params::IgvmParams,
     areas: HashMap<u32, Vec<u8>>,
     context: Option<IgvmNativeVpContextX64>,
     pages_loaded: u64,
@@ -141,21 +146,8 @@ impl Loader<'_> {
             IgvmDirectiveHeader::PageData {
                 gpa, flags, data, ..
             } => {
-                let len = if flags.is_2mb_page() {
-                    PAGE_2M
-                } else {
-                    PAGE_4K
-                };
-                if gpa % len != 0 || data.len() as u64 > len {
-                    return Err(self.err(
-                        index,
-                        "PAGE_DATA",
-                        format!(
-                            "gpa {gpa:#x} with {} data bytes does not fit a {len:#x}-byte page",
-                            data.len()
-                        ),
-                    ));
-                }
+                let len = tee::igvm::page_data_size(*gpa, flags.is_2mb_page(), data.len())
+                    .map_err(|why| self.err(index, "PAGE_DATA", why))?;
                 let mut page = vec![0u8; len as usize];
                 page[..data.len()].copy_from_slice(data);
                 self.write(index, "PAGE_DATA", *gpa, &page)?;
@@ -186,22 +178,18 @@ impl Loader<'_> {
                 area[..initial_data.len()].copy_from_slice(initial_data);
                 self.areas.insert(*parameter_area_index, area);
             }
-            IgvmDirectiveHeader::VpCount(p) => {
-                let v = self.params.vcpus.to_le_bytes();
-                self.param(index, "VP_COUNT", p, &v)?;
-            }
-            IgvmDirectiveHeader::CommandLine(p) => {
-                let s = tee::igvm_params::command_line(self.params.cmdline);
-                self.param(index, "COMMAND_LINE", p, &s)?;
-            }
-            IgvmDirectiveHeader::MemoryMap(p) => {
-                let map = memory_map(self.params.memory_mib);
-                self.param(index, "MEMORY_MAP", p, &map)?;
-            }
-            IgvmDirectiveHeader::EnvironmentInfo(p) => {
-                // Bit 0 memory_is_shared: without isolation all guest memory is host-visible.
-                let info = tee::igvm_params::ENVIRONMENT_INFO.to_le_bytes();
-                self.param(index, "ENVIRONMENT_INFO", p, &info)?;
+            IgvmDirectiveHeader::VpCount(_)
+            | IgvmDirectiveHeader::CommandLine(_)
+            | IgvmDirectiveHeader::MemoryMap(_)
+            | IgvmDirectiveHeader::EnvironmentInfo(_) => {
+                // The same values as the SEV-SNP path (ENVIRONMENT_INFO bit 0 memory_is_shared:
+                // without isolation all guest memory is host-visible).
+                let vcpus = self.params.vcpus;
+                if let Some((what, p, bytes)) =
+                    tee::igvm_params::usage_bytes(d, vcpus, &self.values)
+                {
+                    self.param(index, what, p, &bytes)?;
+                }
             }
             IgvmDirectiveHeader::Madt(_)
             | IgvmDirectiveHeader::Srat(_)
@@ -336,6 +324,7 @@ impl Loader<'_> {
 
 /// The guest's memory map as IGVM `MEMORY_MAP` entries (sorted, page granular: RAM rounded
 /// inwards, reserved ranges outwards), followed by the zero terminator entry.
+#[cfg(test)]
 pub fn memory_map(memory_mib: u64) -> Vec<u8> {
     tee::igvm_params::memory_map(&memory_ranges(memory_mib))
 }
