@@ -433,22 +433,11 @@ fn errno(e: crate::p9::Error) -> u32 {
 
 /// Writes `ERR <errno>\n` into `buf`; returns its length.
 fn err_reply(buf: &mut [u8; 24], e: u32) -> usize {
-    let mut digits = [0u8; 10];
-    let (mut n, mut v) = (0, e);
-    loop {
-        digits[n] = b'0' + (v % 10) as u8;
-        n += 1;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
     buf[..4].copy_from_slice(b"ERR ");
-    for k in 0..n {
-        buf[4 + k] = digits[n - 1 - k];
-    }
-    buf[4 + n] = b'\n';
-    5 + n
+    let mut line = [0u8; 24];
+    let n = dec_line(&mut line, u64::from(e));
+    buf[4..4 + n].copy_from_slice(&line[..n]);
+    4 + n
 }
 
 fn close_file(shares: &mut [Option<Share>], i: usize, fid: u32) {
