@@ -106,7 +106,7 @@ fn main() {
                 "-machine",
                 "microvm",
                 "-cpu",
-                "host",
+                common::QEMU_CPU,
                 "-m",
                 "128M",
             ])

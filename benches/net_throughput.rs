@@ -53,7 +53,7 @@ fn qemu_cmd(image: &Path, append: &str, port: u16) -> Command {
         "-machine",
         "q35",
         "-cpu",
-        "host",
+        common::QEMU_CPU,
         "-m",
         "128M",
     ])

@@ -81,7 +81,7 @@ fn main() {
             "-machine",
             "microvm,pcie=on,rtc=off",
             "-cpu",
-            "host",
+            common::QEMU_CPU,
             "-m",
             "256M",
         ])

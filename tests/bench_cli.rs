@@ -55,7 +55,7 @@ fn three_runs_give_a_complete_report_and_a_png() {
     if have_qemu {
         args.push("--vs".into());
         args.push(format!(
-            "qemu-system-x86_64 -enable-kvm -machine microvm -cpu host -m 128M -nodefaults \
+            "qemu-system-x86_64 -enable-kvm -machine microvm -cpu host,-arch-capabilities -m 128M -nodefaults \
              -no-user-config -nographic -serial stdio -kernel {} -append probe.exit=poweroff",
             k.display()
         ));

@@ -3,6 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// QEMU's `-cpu` for the comparison runs on the host `/dev/kvm`: the PVM host refuses
+/// IA32_ARCH_CAPABILITIES (MSR 0x10a), which `-cpu host` alone makes QEMU set and abort on.
+pub const QEMU_CPU: &str = "host,-arch-capabilities";
+
 /// Builds the probe guest (once per harness run) and returns its PVH ELF.
 pub fn probe_image() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
