@@ -6,6 +6,7 @@
 //! eventfds, so tests can play the guest without a hypervisor.
 
 pub mod bus;
+pub mod chipset;
 pub mod firmware;
 pub mod interrupt;
 pub mod legacy;

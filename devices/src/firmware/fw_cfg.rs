@@ -108,6 +108,11 @@ impl DmaMemory for GuestMemoryMmap<()> {
     }
 }
 
+/// Told the name of each item the first time the guest selects it (files by name, numbered
+/// items as `key-0xNNNN`, the kernel items by what they hold): firmware progress for the boot
+/// timeline.
+pub type SelectObserver = Box<dyn FnMut(&str) + Send>;
+
 /// The fw_cfg device.
 pub struct FwCfg {
     items: HashMap<u16, Vec<u8>>,
@@ -118,6 +123,8 @@ pub struct FwCfg {
     offset: usize,
     dma_addr: u64,
     mem: Option<Arc<dyn DmaMemory>>,
+    observer: Option<SelectObserver>,
+    seen: std::collections::HashSet<u16>,
 }
 
 impl Default for FwCfg {
@@ -140,6 +147,32 @@ impl FwCfg {
             offset: 0,
             dma_addr: 0,
             mem: None,
+            observer: None,
+            seen: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Reports first selections to `observer`.
+    pub fn set_select_observer(&mut self, observer: SelectObserver) {
+        self.observer = Some(observer);
+    }
+
+    fn item_name(&self, key: u16) -> String {
+        let key = key & !keys::WRITE_CHANNEL;
+        if key & keys::ARCH_LOCAL == 0 && key >= keys::FILE_FIRST {
+            if let Some((name, _)) = self.files.get(usize::from(key - keys::FILE_FIRST)) {
+                return name.clone();
+            }
+        }
+        match key {
+            keys::SIGNATURE => "signature".into(),
+            keys::FILE_DIR => "file-dir".into(),
+            keys::NB_CPUS => "nb-cpus".into(),
+            keys::KERNEL_DATA => "kernel".into(),
+            keys::INITRD_DATA => "initrd".into(),
+            keys::CMDLINE_DATA => "cmdline".into(),
+            keys::SETUP_DATA => "setup".into(),
+            k => format!("key-{k:#06x}"),
         }
     }
 
@@ -221,7 +254,8 @@ impl FwCfg {
 
     /// Back to the power-on state: signature selected, no DMA address latched.
     pub fn reset(&mut self) {
-        self.select(keys::SIGNATURE);
+        self.selected = keys::SIGNATURE;
+        self.offset = 0;
         self.dma_addr = 0;
     }
 
@@ -243,6 +277,12 @@ impl FwCfg {
         tracing::trace!(key, "fw_cfg select");
         self.selected = key;
         self.offset = 0;
+        if self.observer.is_some() && self.seen.insert(key & !keys::WRITE_CHANNEL) {
+            let name = self.item_name(key);
+            if let Some(obs) = self.observer.as_mut() {
+                obs(&name);
+            }
+        }
     }
 
     /// Reads the next byte of the selected item; past its end (or with no item) reads zero.

@@ -17,4 +17,4 @@ pub use files::E820Entry;
 pub use fw_cfg::{DmaMemory, FwCfg, FwCfgError, FW_CFG_PORT_BASE, FW_CFG_PORT_LEN};
 pub use linux::{LinuxBoot, LinuxBootError, LinuxBootLayout};
 pub use loader::{LoaderCommand, Zone};
-pub use pflash::{Pflash, PflashError};
+pub use pflash::{FlashArray, Pflash, PflashError, PFLASH_SECTOR_SIZE};

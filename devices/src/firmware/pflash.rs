@@ -41,6 +41,33 @@ pub mod status {
     pub const PROGRAM_ERROR: u8 = 0x10;
 }
 
+/// The array a flash reads and programs: a plain buffer, or memory the VMM also maps into the
+/// guest read-only so that reads in read-array mode never leave the guest.
+pub trait FlashArray: Send {
+    /// Bytes in the array.
+    fn len(&self) -> usize;
+    /// True for an empty array (never, once a flash is built).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copies `buf.len()` bytes at `offset` (in range: the flash checks) into `buf`.
+    fn read(&self, offset: usize, buf: &mut [u8]);
+    /// Stores `data` at `offset` (in range).
+    fn write(&mut self, offset: usize, data: &[u8]);
+}
+
+impl FlashArray for Vec<u8> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+    fn read(&self, offset: usize, buf: &mut [u8]) {
+        buf.copy_from_slice(&self[offset..offset + buf.len()]);
+    }
+    fn write(&mut self, offset: usize, data: &[u8]) {
+        self[offset..offset + data.len()].copy_from_slice(data);
+    }
+}
+
 /// Errors opening a flash image.
 #[derive(Debug, thiserror::Error)]
 pub enum PflashError {
@@ -53,6 +80,9 @@ pub enum PflashError {
     /// The image is empty or not a whole number of sectors.
     #[error("pflash image of {0} bytes is not a non-zero multiple of 4096")]
     BadSize(u64),
+    /// The VMM could not place the image (e.g. map it into the guest).
+    #[error("pflash image {path}: {reason}")]
+    Place { path: String, reason: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +98,7 @@ enum Mode {
 
 /// One flash device.
 pub struct Pflash {
-    data: Vec<u8>,
+    data: Box<dyn FlashArray>,
     file: Option<File>,
     read_only: bool,
     mode: Mode,
@@ -79,6 +109,18 @@ pub struct Pflash {
 impl Pflash {
     /// Opens an image file; a writable flash writes every change back to it.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, PflashError> {
+        Self::open_with(path, read_only, |data| {
+            Ok(Box::new(data) as Box<dyn FlashArray>)
+        })
+    }
+
+    /// Opens an image file and lets `place` decide where its contents live (the VMM copies
+    /// them into memory it maps into the guest); programs and erases go to both.
+    pub fn open_with(
+        path: &Path,
+        read_only: bool,
+        place: impl FnOnce(Vec<u8>) -> Result<Box<dyn FlashArray>, String>,
+    ) -> Result<Self, PflashError> {
         let io = |source| PflashError::Io {
             path: path.display().to_string(),
             source,
@@ -92,13 +134,22 @@ impl Pflash {
         check_size(len)?;
         let mut data = vec![0u8; len as usize];
         file.read_exact_at(&mut data, 0).map_err(io)?;
-        let mut f = Self::new(data, read_only)?;
+        let array = place(data).map_err(|reason| PflashError::Place {
+            path: path.display().to_string(),
+            reason,
+        })?;
+        let mut f = Self::with_array(array, read_only)?;
         f.file = (!read_only).then_some(file);
         Ok(f)
     }
 
     /// A flash over `data` with no backing file.
     pub fn new(data: Vec<u8>, read_only: bool) -> Result<Self, PflashError> {
+        Self::with_array(Box::new(data), read_only)
+    }
+
+    /// A flash over `data`, wherever it lives, with no backing file.
+    pub fn with_array(data: Box<dyn FlashArray>, read_only: bool) -> Result<Self, PflashError> {
         check_size(data.len() as u64)?;
         let cfi = cfi_table(data.len() as u64);
         Ok(Self {
@@ -126,9 +177,11 @@ impl Pflash {
         self.mode == Mode::ReadArray
     }
 
-    /// The current contents.
-    pub fn contents(&self) -> &[u8] {
-        &self.data
+    /// A copy of the current contents.
+    pub fn contents(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.data.len()];
+        self.data.read(0, &mut v);
+        v
     }
 
     /// Whether programs and erases are refused.
@@ -143,7 +196,9 @@ impl Pflash {
 
     fn persist(&mut self, start: usize, end: usize) -> bool {
         let Some(f) = &self.file else { return true };
-        match f.write_all_at(&self.data[start..end], start as u64) {
+        let mut chunk = vec![0u8; end - start];
+        self.data.read(start, &mut chunk);
+        match f.write_all_at(&chunk, start as u64) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(start, end, "pflash write-through failed: {e}");
@@ -159,7 +214,7 @@ impl Pflash {
             .filter(|&e| e <= self.data.len());
         match end {
             Some(end) if !self.read_only => {
-                self.data[start..end].copy_from_slice(bytes);
+                self.data.write(start, bytes);
                 if !self.persist(start, end) {
                     self.status |= status::PROGRAM_ERROR;
                 }
@@ -179,7 +234,7 @@ impl Pflash {
             tracing::debug!(offset, ro = self.read_only, "pflash erase refused");
             self.status |= status::ERASE_ERROR;
         } else {
-            self.data[start..end].fill(0xff);
+            self.data.write(start, &[0xff; PFLASH_SECTOR_SIZE as usize]);
             if !self.persist(start, end) {
                 self.status |= status::ERASE_ERROR;
             }
@@ -248,12 +303,18 @@ impl MmioDevice for Pflash {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match self.mode {
             Mode::ReadArray => {
-                for (i, b) in data.iter_mut().enumerate() {
-                    let at = offset.saturating_add(i as u64);
-                    *b = usize::try_from(at)
-                        .ok()
-                        .and_then(|a| self.data.get(a).copied())
-                        .unwrap_or(0xff);
+                let len = self.data.len();
+                match usize::try_from(offset) {
+                    Ok(at) if at.checked_add(data.len()).is_some_and(|e| e <= len) => {
+                        self.data.read(at, data)
+                    }
+                    // Past the end (a straddling access): what exists, then 0xff.
+                    Ok(at) if at < len => {
+                        let n = len - at;
+                        self.data.read(at, &mut data[..n]);
+                        data[n..].fill(0xff);
+                    }
+                    _ => data.fill(0xff),
                 }
             }
             Mode::Cfi => {

@@ -1,11 +1,13 @@
 //! Legacy PC devices: 8250 UART, i8042 (reset), CMOS RTC, POST/debug port 0x80, the ACPI
-//! sleep/reset registers cvmm's FADT points at, and the pvpanic port.
+//! sleep/reset registers cvmm's FADT points at, system control port A (0x92) and the pvpanic
+//! port.
 //!
 //! Devices that end the VM report a [`GuestStop`] through a shared [`StopSignal`].
 
 mod cmos;
 mod debug_port;
 mod i8042;
+mod port92;
 mod power;
 mod pvpanic;
 mod serial;
@@ -13,6 +15,7 @@ mod serial;
 pub use cmos::CmosRtc;
 pub use debug_port::DebugPort;
 pub use i8042::I8042;
+pub use port92::SystemControlA;
 pub use power::{AcpiPowerPorts, ACPI_RESET_VALUE, ACPI_S5_SLP_TYP};
 pub use pvpanic::PvPanic;
 pub use serial::{EventFdTrigger, SerialPort};

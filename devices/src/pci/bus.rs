@@ -99,8 +99,17 @@ impl PciBus {
             subsystem_vendor_id: 0x1af4,
             subsystem_id: 0x1100,
         });
+        Self::with_host_bridge(mmio32, mmio64, Arc::new(Mutex::new(HostBridge(bridge))))
+    }
+
+    /// A bus whose 00:00.0 is `bridge` (e.g. a chipset model with its own registers).
+    pub fn with_host_bridge(
+        mmio32: PciWindow,
+        mmio64: Option<PciWindow>,
+        bridge: DeviceRef,
+    ) -> Self {
         let mut slots: Vec<Option<DeviceRef>> = (0..SLOTS).map(|_| None).collect();
-        slots[0] = Some(Arc::new(Mutex::new(HostBridge(bridge))));
+        slots[0] = Some(bridge);
         Self {
             slots,
             mmio32: Allocator::new(mmio32),
@@ -116,6 +125,15 @@ impl PciBus {
         let slot = (1..SLOTS)
             .find(|&s| self.slots[s].is_none())
             .ok_or(PciError::NoFreeSlot)?;
+        self.add_device_at(slot as u8, device)
+    }
+
+    /// Plugs `device` into `slot` (1..=31, free), assigning its BARs as [`Self::add_device`].
+    pub fn add_device_at(&mut self, slot: u8, device: DeviceRef) -> Result<u8, PciError> {
+        let slot = usize::from(slot);
+        if slot == 0 || slot >= SLOTS || self.slots[slot].is_some() {
+            return Err(PciError::SlotInUse { slot: slot as u8 });
+        }
         {
             let mut d = lock(&device);
             let mut bars: Vec<_> = d
@@ -233,16 +251,36 @@ impl PciBus {
     }
 }
 
-/// Configuration mechanism #1: address register at 0xCF8, data at 0xCFC..=0xCFF.
+/// Configuration mechanism #1: address register at 0xCF8, data at 0xCFC..=0xCFF, and the
+/// chipset's reset control register at 0xCF9 (byte access): writing RST_CPU (bit 2) resets
+/// the machine, as on PIIX/ICH9 (Linux `reboot=pci`, OVMF's reset on q35, the q35 FADT).
 /// Register it on the PIO bus at 0xCF8 with length 8.
 pub struct PciConfigIo {
     bus: Arc<Mutex<PciBus>>,
     address: u32,
+    reset_control: u8,
+    reset: Option<crate::legacy::StopSignal>,
 }
+
+/// Offset of the reset control register (port 0xCF9) in the 0xCF8 range.
+const RESET_CONTROL: u16 = 1;
+/// Reset control: reset the CPU (with SYS_RST, bit 1, a "hard" reset; cvmm treats both alike).
+pub const RESET_CONTROL_RST_CPU: u8 = 1 << 2;
 
 impl PciConfigIo {
     pub fn new(bus: Arc<Mutex<PciBus>>) -> Self {
-        Self { bus, address: 0 }
+        Self {
+            bus,
+            address: 0,
+            reset_control: 0,
+            reset: None,
+        }
+    }
+
+    /// Makes 0xCF9 writes with RST_CPU reset the VM through `stop`.
+    pub fn with_reset(mut self, stop: crate::legacy::StopSignal) -> Self {
+        self.reset = Some(stop);
+        self
     }
 
     /// (bus, device, function, register) of a data access at byte lane `lane`, if enabled.
@@ -270,6 +308,10 @@ impl PioDevice for PciConfigIo {
             data.copy_from_slice(&self.address.to_le_bytes());
             return;
         }
+        if offset == RESET_CONTROL && data.len() == 1 && self.reset.is_some() {
+            data[0] = self.reset_control;
+            return;
+        }
         match Self::data_lane(offset, data.len()).and_then(|l| self.target(l)) {
             Some((b, d, f, reg)) => lock(&self.bus).config_read(b, d, f, reg, data),
             None => data.fill(0xff),
@@ -280,6 +322,14 @@ impl PioDevice for PciConfigIo {
         if offset == 0 {
             if let Ok(v) = <[u8; 4]>::try_from(data) {
                 self.address = u32::from_le_bytes(v) & 0x80ff_fffc;
+            }
+            return;
+        }
+        if let (RESET_CONTROL, &[v], Some(stop)) = (offset, data, &self.reset) {
+            self.reset_control = v & 0x0e;
+            if v & RESET_CONTROL_RST_CPU != 0 {
+                tracing::info!("guest requested reset through port 0xcf9");
+                stop.stop(crate::legacy::GuestStop::Reset);
             }
             return;
         }

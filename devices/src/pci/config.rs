@@ -156,6 +156,15 @@ impl PciConfiguration {
         }
     }
 
+    /// Makes `mask.len()` bytes at `offset` writable through `mask` (device-specific
+    /// registers such as chipset configuration); ranges past the space are ignored.
+    pub fn set_writable(&mut self, offset: u16, mask: &[u8]) {
+        let o = usize::from(offset);
+        if let Some(dst) = self.wmask.get_mut(o..o.saturating_add(mask.len())) {
+            dst.copy_from_slice(mask);
+        }
+    }
+
     /// Device-side write that ignores the masks (read-only fields the device updates).
     pub fn set_raw(&mut self, offset: u16, data: &[u8]) {
         let o = usize::from(offset);

@@ -11,7 +11,10 @@ mod config;
 #[cfg(test)]
 mod tests;
 
-pub use bus::{PciBarWindow, PciBus, PciConfigIo, PciConfigMmio, PciWindow, HOST_BRIDGE_DEVICE_ID};
+pub use bus::{
+    PciBarWindow, PciBus, PciConfigIo, PciConfigMmio, PciWindow, HOST_BRIDGE_DEVICE_ID,
+    RESET_CONTROL_RST_CPU,
+};
 pub use config::{PciConfiguration, PciHeader};
 
 /// Size of a function's (extended) configuration space.
@@ -91,6 +94,9 @@ pub enum PciError {
     /// All 31 device slots are taken.
     #[error("no free slot on PCI bus 0")]
     NoFreeSlot,
+    /// The slot is the host bridge's, out of range, or taken.
+    #[error("PCI slot {slot} is not free")]
+    SlotInUse { slot: u8 },
     /// No room left in a BAR window.
     #[error("no room for BAR {index} ({size:#x} bytes) in the PCI MMIO window")]
     WindowFull { index: u8, size: u64 },

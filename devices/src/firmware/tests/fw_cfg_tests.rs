@@ -217,3 +217,27 @@ fn e820_and_small_file_encodings() {
         [0x80, 0, 0, 0x81, 0x82, 0x80]
     );
 }
+
+#[test]
+fn the_observer_hears_each_item_once_by_name() {
+    use std::sync::{Arc, Mutex};
+    let heard = Arc::new(Mutex::new(Vec::<String>::new()));
+    let h2 = heard.clone();
+    let mut dev = FwCfg::new();
+    dev.add_file(E820_FILE, vec![0; 20]).unwrap();
+    dev.set_item(keys::KERNEL_DATA, vec![1, 2, 3]).unwrap();
+    dev.set_select_observer(Box::new(move |n| h2.lock().unwrap().push(n.to_string())));
+    dev.reset(); // the host's reset is not a guest selection
+    let fw = Firmware::new(dev, guest_mem());
+    fw.select(keys::SIGNATURE);
+    fw.select(keys::SIGNATURE);
+    fw.select(0x4000 | keys::SIGNATURE);
+    fw.select(0x20);
+    fw.select(keys::KERNEL_DATA);
+    fw.select(0x0123);
+    fw.select(0x20);
+    assert_eq!(
+        *heard.lock().unwrap(),
+        ["signature", "etc/e820", "kernel", "key-0x0123"]
+    );
+}
