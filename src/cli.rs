@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot one VM in the foreground.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve the Cocos manager gRPC API (configured by MANAGER_* variables) and run its VMs.
     Manager,
     /// Print the expected launch measurement (SNP digest or TDX MRTD) offline, in hex or base64.
@@ -45,12 +45,42 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Kernel: a bzImage, or an ELF vmlinux with a PVH note.
-    #[arg(long, required_unless_present = "igvm", conflicts_with = "igvm")]
+    /// Kernel: a bzImage, or an ELF vmlinux with a PVH note. With firmware, a bzImage handed
+    /// over through fw_cfg.
+    #[arg(
+        long,
+        required_unless_present_any = ["igvm", "firmware", "firmware_code", "dump_acpi"],
+        conflicts_with = "igvm"
+    )]
     kernel: Option<PathBuf>,
     /// IGVM file to boot instead of a kernel (native platform on plain KVM; SNP with --tee).
     #[arg(long)]
     igvm: Option<PathBuf>,
+    /// UEFI firmware image (a unified OVMF.fd) mapped as a ROM ending at 4 GiB; the guest
+    /// starts at its reset vector on a q35-like platform (QEMU's -bios).
+    #[arg(long, conflicts_with_all = ["igvm", "firmware_code"])]
+    firmware: Option<PathBuf>,
+    /// Firmware code (OVMF_CODE.fd) as read-only CFI flash ending at 4 GiB (pflash unit 0).
+    #[arg(
+        long = "firmware-code",
+        requires = "firmware_vars",
+        conflicts_with = "igvm"
+    )]
+    firmware_code: Option<PathBuf>,
+    /// The firmware's variable store (a per-VM copy of OVMF_VARS.fd) as writable CFI flash
+    /// below the code (pflash unit 1); variable writes persist in the file.
+    #[arg(long = "firmware-vars", requires = "firmware_code")]
+    firmware_vars: Option<PathBuf>,
+    /// Append the firmware's debug console (port 0x402) to this file.
+    #[arg(long = "firmware-log")]
+    firmware_log: Option<PathBuf>,
+    /// An fw_cfg file for the firmware: opt/NAME=STRING (QEMU's -fw_cfg name=..,string=..).
+    #[arg(long = "fw-cfg")]
+    fw_cfg: Vec<String>,
+    /// Write the ACPI tables this VM would get into DIR (one file per table, e.g. DSDT.dat,
+    /// for `iasl -d`) and exit without starting it.
+    #[arg(long = "dump-acpi")]
+    dump_acpi: Option<PathBuf>,
     /// Launch path: none (plain KVM), auto (the strongest the host supports), snp or tdx.
     #[arg(long, default_value = "none")]
     tee: String,
@@ -315,6 +345,19 @@ fn parse_smp(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// `opt/NAME=STRING`: a firmware configuration string, as QEMU names them.
+fn parse_fw_cfg(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--fw-cfg '{s}': expected opt/NAME=STRING"))?;
+    if !name.starts_with("opt/") || name.len() <= 4 || name.len() > 55 || name.contains('\0') {
+        return Err(format!(
+            "--fw-cfg '{s}': the name must start with opt/ and be at most 55 bytes"
+        ));
+    }
+    Ok((name.to_string(), value.to_string()))
+}
+
 impl RunArgs {
     fn into_spec(self) -> Result<VmSpec, String> {
         let mut forwards = Vec::new();
@@ -337,12 +380,24 @@ impl RunArgs {
         if !net && !forwards.is_empty() {
             return Err("--forward needs the guest network (--net user)".into());
         }
+        let fw_cfg = self
+            .fw_cfg
+            .iter()
+            .map(|f| parse_fw_cfg(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !fw_cfg.is_empty() && self.firmware.is_none() && self.firmware_code.is_none() {
+            return Err("--fw-cfg is for the firmware: give --firmware or --firmware-code".into());
+        }
         Ok(VmSpec {
             forwards,
             shares,
             net,
             kernel: self.kernel,
             igvm: self.igvm,
+            firmware: self.firmware.or(self.firmware_code),
+            firmware_vars: self.firmware_vars,
+            firmware_log: self.firmware_log,
+            fw_cfg,
             tee: parse_tee(&self.tee)?,
             initrd: self.initrd,
             cmdline: self.append,
@@ -366,6 +421,29 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// `cvmm run --dump-acpi DIR`: the tables the VM would get, one `SIG.dat` file each.
+fn dump_acpi(spec: &VmSpec, dir: &std::path::Path) -> ExitCode {
+    let tables = vmm::acpi::tables_for_spec(spec);
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for (sig, bytes) in &tables {
+            std::fs::write(dir.join(format!("{sig}.dat")), bytes)?;
+        }
+        Ok(())
+    };
+    match write() {
+        Ok(()) => {
+            let names: Vec<_> = tables.iter().map(|(s, _)| *s).collect();
+            eprintln!("cvmm: wrote {} to '{}'", names.join(", "), dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cvmm: error: --dump-acpi '{}': {e}", dir.display());
+            ExitCode::from(EXIT_INPUT)
+        }
+    }
 }
 
 fn run_vm(spec: VmSpec, timeline: Timeline, seccomp: &str) -> ExitCode {
@@ -524,11 +602,15 @@ pub fn main() -> ExitCode {
     match cli.cmd {
         Command::Run(args) => {
             let seccomp = args.seccomp.clone();
+            let dump = args.dump_acpi.clone();
             match args.into_spec() {
-                Ok(spec) => {
-                    timeline.mark("args_parsed");
-                    run_vm(spec, timeline, &seccomp)
-                }
+                Ok(spec) => match &dump {
+                    Some(dir) => dump_acpi(&spec, dir),
+                    None => {
+                        timeline.mark("args_parsed");
+                        run_vm(spec, timeline, &seccomp)
+                    }
+                },
                 Err(msg) => {
                     eprintln!("cvmm: error: {msg}");
                     ExitCode::from(EXIT_INPUT)

@@ -48,10 +48,15 @@ pub fn spec_paths(spec: &VmSpec) -> anyhow::Result<(Vec<PathBuf>, Vec<PathBuf>)>
             _ => None,
         },
         spec.timeline.as_ref(),
+        spec.firmware_log.as_ref(),
     ];
     for p in outputs.into_iter().flatten() {
         touch(p)?;
         write.push(p.clone());
+    }
+    // The variable store is written through; it must exist already (its size is checked).
+    if let Some(vars) = spec.firmware_vars.as_ref().filter(|p| p.exists()) {
+        write.push(vars.clone());
     }
     Ok((read, write))
 }

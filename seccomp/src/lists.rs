@@ -136,7 +136,9 @@ const MAIN: &[i64] = &[
 ];
 
 /// vCPU threads: KVM_RUN and the device registers they emulate, which activate devices (new
-/// eventfds and an epoll set handed to the spawner) and convert SNP memory (fallocate).
+/// eventfds and an epoll set handed to the spawner), convert SNP memory (fallocate) and write
+/// firmware variables through to the flash file (pwrite64; the memslot toggles of the flash
+/// are KVM ioctls).
 const VCPU: &[i64] = &[
     libc::SYS_eventfd2,
     libc::SYS_epoll_create1,
@@ -144,6 +146,7 @@ const VCPU: &[i64] = &[
     libc::SYS_fcntl,
     libc::SYS_read,
     libc::SYS_fallocate,
+    libc::SYS_pwrite64,
 ];
 
 /// The NAT: host sockets for outbound TCP/UDP and forwarded connections.

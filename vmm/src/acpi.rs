@@ -1,7 +1,13 @@
-//! ACPI tables for direct boot: RSDP, XSDT, a hardware-reduced FADT whose sleep and reset
-//! registers are cvmm's power ports, a DSDT (`_S5_`, COM1, pvpanic) and a MADT listing every
-//! vCPU and the IOAPIC. Built with the acpi_tables crate and written where guests scan for the
-//! RSDP (0xE0000).
+//! ACPI tables, built with the acpi_tables crate for the two platforms cvmm offers:
+//!
+//! - direct boot: a hardware-reduced FADT whose sleep and reset registers are cvmm's power
+//!   ports, written with RSDP and XSDT where guests scan for the RSDP (0xE0000);
+//! - firmware boot (q35): a full FADT on the ICH9 PM block and the 0xCF9 reset register, a
+//!   FACS, and the 64-bit PCI window, handed to the firmware through fw_cfg with the
+//!   table-loader script ([`firmware_tables`]).
+//!
+//! Both get a DSDT (`_S5_`, COM1, the RTC, pvpanic, PCI0 with its windows, the ECAM
+//! reservation), a MADT listing every vCPU and the IOAPIC, and an MCFG.
 
 use crate::error::{Result, VmmError};
 use crate::layout::*;
@@ -9,6 +15,7 @@ use crate::memory::GuestMem;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::{aml, Aml};
+use devices::chipset::{Q35_ECAM_BASE, Q35_ECAM_SIZE, Q35_PM_BASE, Q35_S5_SLP_TYP};
 use devices::legacy::{ACPI_RESET_VALUE, ACPI_S5_SLP_TYP};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -20,14 +27,67 @@ const FADT_FLAG_HEADLESS: u32 = 1 << 12;
 const FADT_FLAG_HW_REDUCED_ACPI: u32 = 1 << 20;
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 
-/// A Generic Address Structure for a byte-wide system I/O register.
-fn gas_io(port: u16) -> [u8; 12] {
+/// The 32-bit PCI window of firmware boot (OVMF on q35: above ECAM, below 0xFC000000).
+pub const Q35_MMIO32_START: u64 = Q35_ECAM_BASE + Q35_ECAM_SIZE;
+/// End of that window.
+pub const Q35_MMIO32_END: u64 = 0xfc00_0000;
+
+/// What differs between the platforms' tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcpiPlatform {
+    /// ECAM base and size (256 buses = 256 MiB).
+    pub ecam: (u64, u64),
+    /// The 32-bit PCI memory window: start and size.
+    pub mmio32: (u64, u64),
+    /// The 64-bit PCI memory window, if any: start and size.
+    pub mmio64: Option<(u64, u64)>,
+    /// Firmware boot: ICH9 PM block, FACS, 8259s present. Direct boot: hardware-reduced.
+    pub q35: bool,
+}
+
+impl AcpiPlatform {
+    /// Direct boot.
+    pub fn direct() -> Self {
+        Self {
+            ecam: (PCI_ECAM_BASE, PCI_ECAM_SIZE),
+            mmio32: (PCI_MMIO_START, PCI_MMIO_SIZE),
+            mmio64: None,
+            q35: false,
+        }
+    }
+
+    /// Firmware boot on q35 with a 64-bit window.
+    pub fn q35(mmio64: Option<(u64, u64)>) -> Self {
+        Self {
+            ecam: (Q35_ECAM_BASE, Q35_ECAM_SIZE),
+            mmio32: (Q35_MMIO32_START, Q35_MMIO32_END - Q35_MMIO32_START),
+            mmio64,
+            q35: true,
+        }
+    }
+
+    fn s5_slp_typ(&self) -> u8 {
+        if self.q35 {
+            Q35_S5_SLP_TYP as u8
+        } else {
+            ACPI_S5_SLP_TYP
+        }
+    }
+}
+
+/// A Generic Address Structure for a system I/O register of `bits` bits.
+fn gas_io_bits(port: u16, bits: u8, access: u8) -> [u8; 12] {
     let mut g = [0u8; 12];
     g[0] = 1; // system I/O
-    g[1] = 8; // bit width
-    g[3] = 1; // byte access
+    g[1] = bits;
+    g[3] = access;
     g[4..12].copy_from_slice(&u64::from(port).to_le_bytes());
     g
+}
+
+/// A Generic Address Structure for a byte-wide system I/O register.
+fn gas_io(port: u16) -> [u8; 12] {
+    gas_io_bits(port, 8, 1)
 }
 
 fn fadt(dsdt: u64) -> Sdt {
@@ -49,9 +109,67 @@ fn fadt(dsdt: u64) -> Sdt {
     t
 }
 
-fn dsdt() -> Sdt {
+const FADT_FLAG_WBINVD: u32 = 1 << 0;
+const FADT_FLAG_PROC_C1: u32 = 1 << 2;
+const FADT_FLAG_SLP_BUTTON: u32 = 1 << 5;
+const FADT_FLAG_RTC_S4: u32 = 1 << 7;
+const FADT_FLAG_PLATFORM_CLOCK: u32 = 1 << 15;
+/// What the q35 FADT tells the guest to write to 0xCF9 (SYS_RST | RST_CPU | FULL_RST).
+const Q35_RESET_VALUE: u8 = 0x0e;
+
+/// The q35 FADT: PM1a event/control, PM timer and GPE0 in the ICH9 block at PMBASE, SCI 9,
+/// ACPI always enabled (no SMI_CMD), reset through 0xCF9. The FACS and DSDT links are filled
+/// in by the firmware (table-loader).
+fn fadt_q35() -> Sdt {
+    let pm = Q35_PM_BASE;
+    let mut t = Sdt::new(*b"FACP", 276, 6, OEM_ID, OEM_TABLE, 1);
+    t.write_u16(46, 9); // SCI_INT
+    t.write_u32(56, u32::from(pm)); // PM1a_EVT_BLK
+    t.write_u32(64, u32::from(pm + 4)); // PM1a_CNT_BLK
+    t.write_u32(76, u32::from(pm + 8)); // PM_TMR_BLK
+    t.write_u32(80, u32::from(pm + 0x20)); // GPE0_BLK
+    t.write_u8(88, 4); // PM1_EVT_LEN
+    t.write_u8(89, 2); // PM1_CNT_LEN
+    t.write_u8(91, 4); // PM_TMR_LEN
+    t.write_u8(92, 16); // GPE0_BLK_LEN
+    t.write_u16(96, 0xfff); // P_LVL2_LAT: no C2
+    t.write_u16(98, 0xfff); // P_LVL3_LAT: no C3
+    t.write_u8(108, 0x32); // CENTURY: the RTC's century register
+    t.write_u16(109, IAPC_VGA_NOT_PRESENT);
+    t.write_u32(
+        112,
+        FADT_FLAG_WBINVD
+            | FADT_FLAG_PROC_C1
+            | FADT_FLAG_SLP_BUTTON
+            | FADT_FLAG_RTC_S4
+            | FADT_FLAG_RESET_REG_SUP
+            | FADT_FLAG_PLATFORM_CLOCK,
+    );
+    t.write_bytes(116, &gas_io(0xcf9)); // RESET_REG
+    t.write_u8(128, Q35_RESET_VALUE);
+    t.write_u8(131, 5); // FADT minor version (6.5)
+    t.write_bytes(148, &gas_io_bits(pm, 32, 0)); // X_PM1a_EVT_BLK
+    t.write_bytes(172, &gas_io_bits(pm + 4, 16, 0)); // X_PM1a_CNT_BLK
+    t.write_bytes(208, &gas_io_bits(pm + 8, 32, 0)); // X_PM_TMR_BLK
+    t.write_bytes(220, &gas_io_bits(pm + 0x20, 128, 0)); // X_GPE0_BLK
+    t.write_bytes(268, b"CVMMKVM\0"); // hypervisor vendor identity
+    t.update_checksum();
+    t
+}
+
+/// A FACS (no waking vector, no global lock use), required with a full FADT.
+fn facs() -> Vec<u8> {
+    let mut f = vec![0u8; 64];
+    f[0..4].copy_from_slice(b"FACS");
+    f[4..8].copy_from_slice(&64u32.to_le_bytes());
+    f[32] = 2; // version
+    f
+}
+
+fn dsdt(p: &AcpiPlatform) -> Sdt {
     let mut body = Vec::new();
-    let s5 = aml::Package::new(vec![&ACPI_S5_SLP_TYP, &ACPI_S5_SLP_TYP]);
+    let slp_typ = p.s5_slp_typ();
+    let s5 = aml::Package::new(vec![&slp_typ, &slp_typ]);
     aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut body);
 
     let com1_io = aml::IO::new(COM1_PORT, COM1_PORT, 1, 8);
@@ -88,24 +206,32 @@ fn dsdt() -> Sdt {
 
     let pci_hid = aml::EISAName::new("PNP0A08");
     let pci_cid = aml::EISAName::new("PNP0A03");
-    let pci_bus = aml::AddressSpace::new_bus_number(0u16, 0u16);
+    let last_bus = ((p.ecam.1 >> 20).clamp(1, 256) - 1) as u16;
+    let pci_bus = aml::AddressSpace::new_bus_number(0u16, last_bus);
     let pci_cfg_io = aml::IO::new(PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_PORT, 1, 8);
     let pci_io_lo = aml::AddressSpace::new_io(0u16, PCI_CONFIG_IO_PORT - 1, None);
     let pci_io_hi = aml::AddressSpace::new_io(0xd00u16, 0xffffu16, None);
     let pci_mem = aml::AddressSpace::new_memory(
         aml::AddressSpaceCacheable::NotCacheable,
         true,
-        PCI_MMIO_START as u32,
-        (PCI_MMIO_START + PCI_MMIO_SIZE - 1) as u32,
+        p.mmio32.0 as u32,
+        (p.mmio32.0 + p.mmio32.1 - 1) as u32,
         None,
     );
-    let pci_crs = aml::ResourceTemplate::new(vec![
-        &pci_bus,
-        &pci_cfg_io,
-        &pci_io_lo,
-        &pci_io_hi,
-        &pci_mem,
-    ]);
+    let pci_mem64 = p.mmio64.map(|(start, size)| {
+        aml::AddressSpace::new_memory(
+            aml::AddressSpaceCacheable::Cacheable,
+            true,
+            start,
+            start + size - 1,
+            None,
+        )
+    });
+    let mut pci_res: Vec<&dyn Aml> = vec![&pci_bus, &pci_cfg_io, &pci_io_lo, &pci_io_hi, &pci_mem];
+    if let Some(m) = &pci_mem64 {
+        pci_res.push(m);
+    }
+    let pci_crs = aml::ResourceTemplate::new(pci_res);
     let pci_names = [
         aml::Name::new("_HID".into(), &pci_hid),
         aml::Name::new("_CID".into(), &pci_cid),
@@ -121,7 +247,7 @@ fn dsdt() -> Sdt {
     );
     // The ECAM window, reserved as a motherboard resource so Linux trusts the MCFG.
     let mb_hid = aml::EISAName::new("PNP0C02");
-    let mb_mem = aml::Memory32Fixed::new(false, PCI_ECAM_BASE as u32, PCI_ECAM_SIZE as u32);
+    let mb_mem = aml::Memory32Fixed::new(false, p.ecam.0 as u32, p.ecam.1 as u32);
     let mb_crs = aml::ResourceTemplate::new(vec![&mb_mem]);
     let mb_names = [
         aml::Name::new("_HID".into(), &mb_hid),
@@ -142,10 +268,10 @@ fn dsdt() -> Sdt {
     t
 }
 
-fn madt(vcpus: u32) -> Sdt {
+fn madt(vcpus: u32, p: &AcpiPlatform) -> Sdt {
     let mut t = Sdt::new(*b"APIC", 44, 5, OEM_ID, OEM_TABLE, 1);
     t.write_u32(36, LAPIC_ADDR);
-    t.write_u32(40, 0); // no dual 8259 set-up (hardware-reduced)
+    t.write_u32(40, u32::from(p.q35)); // PCAT_COMPAT: the 8259s exist on q35
     for id in 0..vcpus {
         if id < 255 {
             // Processor Local APIC: type 0, length 8, UID, APIC id, flags (enabled).
@@ -170,17 +296,22 @@ fn madt(vcpus: u32) -> Sdt {
     t.append_slice(&io);
     // Interrupt source override: ISA IRQ 0 (PIT) -> GSI 2, as KVM's IOAPIC wires it.
     t.append_slice(&[2, 10, 0, 0, 2, 0, 0, 0, 0, 0]);
+    if p.q35 {
+        // The SCI (IRQ 9): level-triggered, active high, as on ICH9.
+        t.append_slice(&[2, 10, 0, 9, 9, 0, 0, 0, 0x0d, 0]);
+    }
     // Local APIC NMI on LINT1 for all processors.
     t.append_slice(&[4, 6, 0xff, 0, 0, 1]);
     t.update_checksum();
     t
 }
 
-fn mcfg() -> Sdt {
+fn mcfg(p: &AcpiPlatform) -> Sdt {
     let mut t = Sdt::new(*b"MCFG", 44, 1, OEM_ID, OEM_TABLE, 1);
     let mut e = [0u8; 16];
-    e[0..8].copy_from_slice(&PCI_ECAM_BASE.to_le_bytes());
-    // segment 0, buses 0..=0
+    e[0..8].copy_from_slice(&p.ecam.0.to_le_bytes());
+    // segment 0, buses 0..=last
+    e[11] = ((p.ecam.1 >> 20).clamp(1, 256) - 1) as u8;
     t.append_slice(&e);
     t.update_checksum();
     t
@@ -196,13 +327,14 @@ pub fn write_tables(mem: &GuestMem, vcpus: u32) -> Result<u64> {
         next = (next + len as u64 + 15) & !15;
         at
     };
-    let dsdt = dsdt();
+    let p = AcpiPlatform::direct();
+    let dsdt = dsdt(&p);
     let dsdt_addr = place(dsdt.len());
     let fadt = fadt(dsdt_addr);
     let fadt_addr = place(fadt.len());
-    let madt = madt(vcpus);
+    let madt = madt(vcpus, &p);
     let madt_addr = place(madt.len());
-    let mcfg = mcfg();
+    let mcfg = mcfg(&p);
     let mcfg_addr = place(mcfg.len());
     let mut xsdt = Sdt::new(*b"XSDT", 36, 1, OEM_ID, OEM_TABLE, 1);
     for a in [fadt_addr, madt_addr, mcfg_addr] {
@@ -230,6 +362,55 @@ pub fn write_tables(mem: &GuestMem, vcpus: u32) -> Result<u64> {
     w(mcfg_addr, mcfg.as_slice())?;
     w(xsdt_addr, xsdt.as_slice())?;
     Ok(rsdp_addr)
+}
+
+/// The tables of a firmware boot, for fw_cfg (`etc/acpi/tables` and the loader script).
+pub fn firmware_tables(vcpus: u32, p: &AcpiPlatform) -> devices::firmware::AcpiTables {
+    devices::firmware::AcpiTables {
+        facs: Some(facs()),
+        dsdt: dsdt(p).as_slice().to_vec(),
+        fadt: fadt_q35().as_slice().to_vec(),
+        others: vec![
+            madt(vcpus, p).as_slice().to_vec(),
+            mcfg(p).as_slice().to_vec(),
+        ],
+        oem_id: OEM_ID,
+        oem_table_id: OEM_TABLE,
+    }
+}
+
+/// The tables a VM would get, by signature, for `cvmm run --dump-acpi`: DSDT, FACP, APIC,
+/// MCFG (and FACS for firmware boot), each a complete table with a valid checksum.
+pub fn tables_for_dump(vcpus: u32, p: &AcpiPlatform) -> Vec<(&'static str, Vec<u8>)> {
+    let dsdt = dsdt(p);
+    let fadt = if p.q35 { fadt_q35() } else { fadt(0) };
+    let mut out = vec![
+        ("DSDT", dsdt.as_slice().to_vec()),
+        ("FACP", fadt.as_slice().to_vec()),
+        ("APIC", madt(vcpus, p).as_slice().to_vec()),
+        ("MCFG", mcfg(p).as_slice().to_vec()),
+    ];
+    if p.q35 {
+        out.push(("FACS", facs()));
+    }
+    out
+}
+
+/// The tables a VM built from `spec` gets (`--dump-acpi`): firmware boot takes the q35
+/// platform with the 64-bit window sized from the host's physical address width.
+pub fn tables_for_spec(spec: &crate::spec::VmSpec) -> Vec<(&'static str, Vec<u8>)> {
+    let p = if spec.firmware.is_some() {
+        let max_ext = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+        let bits = if max_ext >= 0x8000_0008 {
+            (std::arch::x86_64::__cpuid(0x8000_0008).eax & 0xff) as u8
+        } else {
+            36
+        };
+        AcpiPlatform::q35(crate::firmware::mmio64_window(spec.memory_mib, bits))
+    } else {
+        AcpiPlatform::direct()
+    };
+    tables_for_dump(spec.vcpus, &p)
 }
 
 #[cfg(test)]
@@ -313,7 +494,7 @@ mod tests {
 
     #[test]
     fn many_vcpus_use_x2apic_entries() {
-        let m = madt(300);
+        let m = madt(300, &AcpiPlatform::direct());
         assert_eq!(count_lapics(m.as_slice()), 300);
         assert_eq!(sum(m.as_slice()), 0);
     }

@@ -402,6 +402,16 @@ pub fn apply_template(supported: &mut CpuId, t: &CpuTemplate) {
     set_bit(supported, feature("hypervisor").unwrap(), true);
 }
 
+/// Clears the AMD memory-encryption leaf (0x8000001F) for a guest that is not confidential:
+/// firmware reading SEV there would go on to read the SEV status MSR (OVMF's reset vector).
+pub fn hide_sev(c: &mut CpuId) {
+    for e in c.as_mut_slice() {
+        if e.function == 0x8000_001f {
+            (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
+        }
+    }
+}
+
 /// The CPUID of vCPU `id` of `count`: one package, one core per vCPU, APIC id = vCPU index.
 pub fn for_vcpu(base: &CpuId, id: u32, count: u32) -> CpuId {
     let mut c = base.clone();

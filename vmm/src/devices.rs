@@ -2,11 +2,14 @@
 //! virtio devices the spec asks for (9p shares, later the NIC), on the virtio-pci transport
 //! with MSI-X through KVM routes and doorbells through ioeventfds.
 
+use crate::acpi::{Q35_MMIO32_END, Q35_MMIO32_START};
 use crate::error::{Result, VmmError};
 use crate::irq::{KvmIoEvents, KvmMsiRouter};
 use crate::layout::*;
 use crate::spec::{ShareSource, VmSpec};
 use devices::bus::{MmioBus, PioBus};
+use devices::chipset::{Ich9Lpc, PmDecode, Q35Mch, LPC_SLOT, Q35_ECAM_BASE, Q35_ECAM_SIZE};
+use devices::legacy::StopSignal;
 use devices::net::virtio::{VirtioNet, DEFAULT_GUEST_MAC};
 use devices::net::{PortForward, UserNet, UserNetConfig};
 use devices::p9::virtio::Virtio9p;
@@ -67,24 +70,62 @@ fn user_net(spec: &VmSpec, timeline: &crate::timeline::Timeline) -> Result<Virti
     Ok(VirtioNet::new(DEFAULT_GUEST_MAC, net))
 }
 
-/// Builds the PCI bus with the spec's virtio devices and maps it on the buses.
+/// Which chipset the PCI bus sits on.
+pub enum PciPlatform {
+    /// Direct boot: a plain host bridge, ECAM for bus 0, one 32-bit window.
+    Direct,
+    /// Firmware boot: the q35 MCH and ICH9 LPC (whose PMBASE drives `pm`), ECAM for 256
+    /// buses where OVMF puts it, the 32-bit window above it and a 64-bit window.
+    Q35 {
+        pm: Arc<PmDecode>,
+        mmio64: Option<(u64, u64)>,
+    },
+}
+
+/// Builds the PCI bus with the spec's virtio devices and maps it on the buses; port 0xCF9
+/// resets the VM through `stop`.
 pub fn attach_pci(
     spec: &VmSpec,
+    platform: PciPlatform,
     vm: &Arc<VmFd>,
     mem: &GuestMem,
-    pio: &mut PioBus,
-    mmio: &mut MmioBus,
+    buses: (&mut PioBus, &mut MmioBus),
+    stop: &StopSignal,
     timeline: &crate::timeline::Timeline,
 ) -> Result<Arc<Mutex<PciBus>>> {
+    let (pio, mmio) = buses;
     let router = Arc::new(KvmMsiRouter::new(vm.clone()));
     let ioevents = Arc::new(KvmIoEvents::new(vm.clone()));
-    let bus = Arc::new(Mutex::new(PciBus::new(
-        PciWindow {
-            base: PCI_MMIO_START,
-            size: PCI_MMIO_SIZE,
-        },
-        None,
-    )));
+    let (bus, ecam, windows) = match platform {
+        PciPlatform::Direct => (
+            PciBus::new(
+                PciWindow {
+                    base: PCI_MMIO_START,
+                    size: PCI_MMIO_SIZE,
+                },
+                None,
+            ),
+            (PCI_ECAM_BASE, PCI_ECAM_SIZE),
+            vec![(PCI_MMIO_START, PCI_MMIO_SIZE)],
+        ),
+        PciPlatform::Q35 { pm, mmio64 } => {
+            let mmio32 = (Q35_MMIO32_START, Q35_MMIO32_END - Q35_MMIO32_START);
+            // BARs start in the 32-bit window; the firmware moves them where it likes.
+            let mut bus = PciBus::with_host_bridge(
+                PciWindow {
+                    base: mmio32.0,
+                    size: mmio32.1,
+                },
+                None,
+                Arc::new(Mutex::new(Q35Mch::new())),
+            );
+            bus.add_device_at(LPC_SLOT, Arc::new(Mutex::new(Ich9Lpc::new(pm))))
+                .map_err(|e| VmmError::Memory(format!("ICH9 LPC: {e}")))?;
+            let windows = std::iter::once(mmio32).chain(mmio64).collect();
+            (bus, (Q35_ECAM_BASE, Q35_ECAM_SIZE), windows)
+        }
+    };
+    let bus = Arc::new(Mutex::new(bus));
 
     let add = |dev: Box<dyn VirtioDevice>, what: &str| -> Result<()> {
         let pci = VirtioPciDevice::new(dev, mem.clone(), router.clone(), ioevents.clone())
@@ -125,20 +166,24 @@ pub fn attach_pci(
     pio.insert(
         u64::from(PCI_CONFIG_IO_PORT),
         8,
-        Arc::new(Mutex::new(PciConfigIo::new(bus.clone()))),
+        Arc::new(Mutex::new(
+            PciConfigIo::new(bus.clone()).with_reset(stop.clone()),
+        )),
     )
     .map_err(map_err)?;
     mmio.insert(
-        PCI_ECAM_BASE,
-        PCI_ECAM_SIZE,
+        ecam.0,
+        ecam.1,
         Arc::new(Mutex::new(PciConfigMmio::new(bus.clone()))),
     )
     .map_err(map_err)?;
-    mmio.insert(
-        PCI_MMIO_START,
-        PCI_MMIO_SIZE,
-        Arc::new(Mutex::new(PciBarWindow::new(bus.clone(), PCI_MMIO_START))),
-    )
-    .map_err(map_err)?;
+    for (base, size) in windows {
+        mmio.insert(
+            base,
+            size,
+            Arc::new(Mutex::new(PciBarWindow::new(bus.clone(), base))),
+        )
+        .map_err(map_err)?;
+    }
     Ok(bus)
 }

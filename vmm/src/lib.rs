@@ -8,6 +8,7 @@ pub mod console;
 pub mod cpuid;
 pub mod devices;
 pub mod error;
+pub mod firmware;
 pub mod igvm_boot;
 pub mod irq;
 pub mod layout;

@@ -15,13 +15,18 @@ pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 
 /// The RAM ranges for `mib` MiB: below the MMIO hole, and the rest above 4 GiB.
 pub fn ram_ranges(mib: u64) -> Result<Vec<(GuestAddress, usize)>> {
+    ram_ranges_below(mib, MMIO_HOLE_START)
+}
+
+/// The RAM ranges for `mib` MiB with at most `low_limit` bytes below 4 GiB.
+pub fn ram_ranges_below(mib: u64, low_limit: u64) -> Result<Vec<(GuestAddress, usize)>> {
     if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mib) {
         return Err(VmmError::Input(format!(
             "--memory {mib}M is out of range ({MIN_MEMORY_MIB}M to {MAX_MEMORY_MIB}M)"
         )));
     }
     let bytes = mib << 20;
-    let low = bytes.min(MMIO_HOLE_START);
+    let low = bytes.min(low_limit);
     let mut r = vec![(GuestAddress(0), low as usize)];
     if bytes > low {
         r.push((GuestAddress(HIGH_RAM_START), (bytes - low) as usize));
@@ -31,7 +36,12 @@ pub fn ram_ranges(mib: u64) -> Result<Vec<(GuestAddress, usize)>> {
 
 /// Maps guest RAM.
 pub fn create(mib: u64) -> Result<GuestMem> {
-    GuestMemoryMmap::from_ranges(&ram_ranges(mib)?)
+    create_below(mib, MMIO_HOLE_START)
+}
+
+/// Maps guest RAM with at most `low_limit` bytes below 4 GiB (firmware boot's q35 layout).
+pub fn create_below(mib: u64, low_limit: u64) -> Result<GuestMem> {
+    GuestMemoryMmap::from_ranges(&ram_ranges_below(mib, low_limit)?)
         .map_err(|e| VmmError::Memory(format!("cannot map {mib} MiB of guest RAM: {e}")))
 }
 

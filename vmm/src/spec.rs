@@ -149,9 +149,19 @@ pub struct VmSpec {
     /// Read-only 9p shares.
     #[serde(default)]
     pub shares: Vec<ShareSpec>,
-    /// Firmware image (unified OVMF), mapped below 4 GiB.
+    /// Firmware image, mapped so that it ends at 4 GiB: a ROM (unified OVMF.fd, QEMU's
+    /// `-bios`), or with `firmware_vars` the read-only code flash (pflash unit 0).
     #[serde(default)]
     pub firmware: Option<PathBuf>,
+    /// The firmware's variable store (pflash unit 1, below the code), written through.
+    #[serde(default)]
+    pub firmware_vars: Option<PathBuf>,
+    /// Where the firmware's debug console (port 0x402) goes; without it, debug-level logs.
+    #[serde(default)]
+    pub firmware_log: Option<PathBuf>,
+    /// Extra fw_cfg files for the firmware: (`opt/...` name, string contents).
+    #[serde(default)]
+    pub fw_cfg: Vec<(String, String)>,
     /// IGVM file (e.g. COCONUT-SVSM + OVMF).
     #[serde(default)]
     pub igvm: Option<PathBuf>,
@@ -186,6 +196,9 @@ impl Default for VmSpec {
             forwards: Vec::new(),
             shares: Vec::new(),
             firmware: None,
+            firmware_vars: None,
+            firmware_log: None,
+            fw_cfg: Vec::new(),
             igvm: None,
             tee: TeeMode::None,
             net: true,

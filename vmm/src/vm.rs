@@ -7,6 +7,7 @@ use crate::boot::{self, BootInputs};
 use crate::console::{ConsoleInput, ConsoleOutput};
 use crate::cpuid::{self, CpuTemplate};
 use crate::error::{kvm_call, Result, VmmError};
+use crate::firmware::{self, FirmwareUnit};
 use crate::layout::*;
 use crate::memory::{self, GuestMem};
 use crate::regs;
@@ -14,8 +15,11 @@ use crate::spec::VmSpec;
 use crate::timeline::Timeline;
 use crate::vcpu::{self, VcpuShared};
 use devices::bus::{MmioBus, PioBus, PioDevice};
+use devices::chipset::{AcpiPm, DebugConsole, PmDecode, DEBUGCON_PORT, PM_BLOCK_LEN, Q35_PM_BASE};
+use devices::firmware::{FW_CFG_PORT_BASE, FW_CFG_PORT_LEN};
 use devices::legacy::{
-    AcpiPowerPorts, CmosRtc, DebugPort, GuestStop, PvPanic, SerialPort, StopSignal, I8042,
+    AcpiPowerPorts, CmosRtc, DebugPort, GuestStop, PvPanic, SerialPort, StopSignal, SystemControlA,
+    I8042,
 };
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
@@ -90,6 +94,8 @@ impl VmExit {
 
 /// A port-I/O device shared between the bus and its owner.
 type SharedPio = Arc<Mutex<dyn PioDevice>>;
+/// The vCPUs of a VM with their ids, as created (not yet running).
+type Vcpus = Vec<(u32, kvm_ioctls::VcpuFd)>;
 
 static TERM_FD: AtomicI32 = AtomicI32::new(-1);
 static TERM_SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -131,9 +137,13 @@ pub struct Vm {
     vm: Arc<VmFd>,
     _mem: Arc<GuestMem>,
     _pci: Arc<Mutex<devices::pci::PciBus>>,
-    vcpus: Vec<(u32, kvm_ioctls::VcpuFd)>,
+    vcpus: Vcpus,
     /// SEV-SNP launch resources (/dev/sev, guest_memfd, firmware mapping) kept with the VM.
     _tee: Option<crate::tee_kvm::TeeResources>,
+    /// Firmware images of a firmware boot (their memslots; the variable store is synced at
+    /// stop) and the firmware's debug console.
+    firmware: Vec<Arc<Mutex<FirmwareUnit>>>,
+    debugcon: Option<Arc<Mutex<DebugConsole>>>,
     shared: VcpuShared,
     serial: Arc<Mutex<SerialPort>>,
     serial_out: ConsoleOutput,
@@ -173,10 +183,24 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
         cpuid::apply_template(&mut supported, &template);
-        let mem = memory::create(spec.memory_mib)?;
+        let firmware_boot = platform == Platform::Plain && spec.firmware.is_some();
+        if platform == Platform::Plain {
+            cpuid::hide_sev(&mut supported);
+        }
+        let mem = if firmware_boot {
+            memory::create_below(spec.memory_mib, firmware::low_ram_bytes(spec.memory_mib))?
+        } else {
+            memory::create(spec.memory_mib)?
+        };
 
-        // Boot step: plain KVM (kernel or native IGVM) or the SEV-SNP launch.
+        // Boot step: plain KVM (kernel, native IGVM or firmware) or the SEV-SNP launch.
+        let mut fw = None;
         let (vm, vcpus, tee) = match platform {
+            Platform::Plain if firmware_boot => {
+                let (vm, vcpus, f) = boot_firmware(&kvm, spec, &mem, &supported, &timeline)?;
+                fw = Some(f);
+                (vm, vcpus, None)
+            }
             Platform::Plain => {
                 let (vm, vcpus) = plain_boot(&kvm, spec, &mem, &supported, &timeline)?;
                 (vm, vcpus, None)
@@ -186,7 +210,7 @@ impl Vm {
                     spec,
                     &mem,
                     &supported,
-                    Box::new(platform_setup),
+                    Box::new(|vm| platform_setup(vm, KVM_TSS_ADDR)),
                     Box::new(|id, fd| setup_vcpu(fd, id, &supported, spec.vcpus)),
                     &timeline,
                 )?;
@@ -214,9 +238,14 @@ impl Vm {
         let mut pio = PioBus::default();
         let tl = timeline.clone();
         let debug = DebugPort::new(Box::new(move |code, at| tl.debug_code(code, at)));
-        let devs: Vec<(u16, u16, SharedPio)> = vec![
+        let i8042 = if fw.is_some() {
+            I8042::reset_only(stop.clone())
+        } else {
+            I8042::new(stop.clone())
+        };
+        let mut devs: Vec<(u16, u16, SharedPio)> = vec![
             (COM1_PORT, 8, serial.clone()),
-            (0x60, 5, Arc::new(Mutex::new(I8042::new(stop.clone())))),
+            (0x60, 5, Arc::new(Mutex::new(i8042))),
             (0x70, 2, Arc::new(Mutex::new(CmosRtc::default()))),
             (0x80, 1, Arc::new(Mutex::new(debug))),
             (
@@ -224,20 +253,71 @@ impl Vm {
                 1,
                 Arc::new(Mutex::new(PvPanic::new(stop.clone()))),
             ),
-            (
-                ACPI_PM_PORT,
-                3,
-                Arc::new(Mutex::new(AcpiPowerPorts::new(stop.clone()))),
-            ),
         ];
+        let pm_decode = Arc::new(PmDecode::default());
+        let mut debugcon = None;
+        let mut mmio = MmioBus::default();
+        let mut firmware_units = Vec::new();
+        let pci_platform = match fw {
+            Some(f) => {
+                let con = Arc::new(Mutex::new(DebugConsole::new(firmware_log_sink(spec)?)));
+                debugcon = Some(con.clone());
+                devs.extend([
+                    (
+                        Q35_PM_BASE,
+                        PM_BLOCK_LEN,
+                        Arc::new(Mutex::new(AcpiPm::new(pm_decode.clone(), stop.clone())))
+                            as SharedPio,
+                    ),
+                    (
+                        0x92,
+                        1,
+                        Arc::new(Mutex::new(SystemControlA::new(stop.clone()))),
+                    ),
+                    (DEBUGCON_PORT, 1, con),
+                    (
+                        FW_CFG_PORT_BASE,
+                        FW_CFG_PORT_LEN,
+                        Arc::new(Mutex::new(f.fw_cfg)),
+                    ),
+                ]);
+                for mut unit in f.units {
+                    unit.attach(vm.clone());
+                    let (base, len) = (unit.gpa(), unit.len());
+                    let unit = Arc::new(Mutex::new(unit));
+                    mmio.insert(base, len, unit.clone())
+                        .map_err(|e| VmmError::Memory(format!("firmware map: {e}")))?;
+                    firmware_units.push(unit);
+                }
+                crate::devices::PciPlatform::Q35 {
+                    pm: pm_decode,
+                    mmio64: f.mmio64,
+                }
+            }
+            None => {
+                devs.push((
+                    ACPI_PM_PORT,
+                    3,
+                    Arc::new(Mutex::new(AcpiPowerPorts::new(stop.clone()))),
+                ));
+                crate::devices::PciPlatform::Direct
+            }
+        };
         for (base, len, dev) in devs {
             pio.insert(u64::from(base), u64::from(len), dev)
                 .map_err(|e| VmmError::Memory(format!("port map: {e}")))?;
         }
 
         let mem = Arc::new(mem);
-        let mut mmio = MmioBus::default();
-        let pci = crate::devices::attach_pci(spec, &vm, &mem, &mut pio, &mut mmio, &timeline)?;
+        let pci = crate::devices::attach_pci(
+            spec,
+            pci_platform,
+            &vm,
+            &mem,
+            (&mut pio, &mut mmio),
+            &stop,
+            &timeline,
+        )?;
 
         let tee_runtime = tee.as_ref().and_then(|k| k.runtime());
         Ok(Self {
@@ -247,6 +327,8 @@ impl Vm {
             _pci: pci,
             vcpus,
             _tee: tee,
+            firmware: firmware_units,
+            debugcon,
             shared: VcpuShared {
                 pio: Arc::new(pio),
                 mmio: Arc::new(mmio),
@@ -337,6 +419,14 @@ impl Vm {
         }
         TERM_FD.store(-1, Ordering::SeqCst);
         self.serial_out.flush_pending();
+        for unit in &self.firmware {
+            devices::bus::lock(unit).sync();
+        }
+        if let Some(con) = &self.debugcon {
+            let mut con = devices::bus::lock(con);
+            con.flush();
+            self.timeline.set_metric("firmware_log_bytes", con.bytes());
+        }
 
         let fault = self
             .shared
@@ -362,9 +452,10 @@ impl Vm {
     }
 }
 
-/// Sets up a new VM: KVM's TSS, the in-kernel irqchip and the PIT (before any vCPU exists).
-fn platform_setup(vm: &VmFd) -> Result<()> {
-    vm.set_tss_address(KVM_TSS_ADDR)
+/// Sets up a new VM: KVM's TSS at `tss`, the in-kernel irqchip and the PIT (before any vCPU
+/// exists).
+fn platform_setup(vm: &VmFd, tss: usize) -> Result<()> {
+    vm.set_tss_address(tss)
         .map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
     vm.create_irq_chip()
         .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
@@ -384,23 +475,8 @@ fn setup_vcpu(fd: &kvm_ioctls::VcpuFd, id: u32, supported: &CpuId, count: u32) -
     regs::setup_lapic(fd)
 }
 
-/// How the BSP of a plain VM starts.
-enum BspStart {
-    Kernel(boot::KernelEntry),
-    Igvm(Box<igvm_defs::IgvmNativeVpContextX64>),
-}
-
-/// Plain KVM boot: VM, memslots, platform, ACPI, then the kernel or a native IGVM file, then
-/// the vCPUs with the BSP's registers.
-fn plain_boot(
-    kvm: &Kvm,
-    spec: &VmSpec,
-    mem: &GuestMem,
-    supported: &CpuId,
-    timeline: &Timeline,
-) -> Result<(VmFd, Vec<(u32, kvm_ioctls::VcpuFd)>)> {
-    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-    timeline.mark("kvm_vm_created");
+/// Registers guest RAM with KVM, one memslot per region from slot 0.
+fn map_ram(vm: &VmFd, mem: &GuestMem) -> Result<()> {
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -416,8 +492,29 @@ fn plain_boot(
         // long as the KVM VM exists; slots are distinct and do not overlap.
         unsafe { vm.set_user_memory_region(r) }.map_err(kvm_call("KVM_SET_USER_MEMORY_REGION"))?;
     }
+    Ok(())
+}
+
+/// How the BSP of a plain VM starts.
+enum BspStart {
+    Kernel(boot::KernelEntry),
+    Igvm(Box<igvm_defs::IgvmNativeVpContextX64>),
+}
+
+/// Plain KVM boot: VM, memslots, platform, ACPI, then the kernel or a native IGVM file, then
+/// the vCPUs with the BSP's registers.
+fn plain_boot(
+    kvm: &Kvm,
+    spec: &VmSpec,
+    mem: &GuestMem,
+    supported: &CpuId,
+    timeline: &Timeline,
+) -> Result<(VmFd, Vcpus)> {
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    timeline.mark("kvm_vm_created");
+    map_ram(&vm, mem)?;
     timeline.mark("memory_mapped");
-    platform_setup(&vm)?;
+    platform_setup(&vm, KVM_TSS_ADDR)?;
 
     // ACPI goes first: an IGVM file's pages may overwrite the BIOS area if it wants to.
     let rsdp = acpi::write_tables(mem, spec.vcpus)?;
@@ -482,6 +579,97 @@ fn plain_boot(
     }
     timeline.mark("vcpus_created");
     Ok((vm, vcpus))
+}
+
+/// What a firmware boot hands to the device stage.
+struct FirmwarePlatform {
+    units: Vec<FirmwareUnit>,
+    fw_cfg: devices::firmware::FwCfg,
+    mmio64: Option<(u64, u64)>,
+}
+
+/// The guest's physical address width from the CPUID it gets (36 when not reported).
+fn phys_bits(cpuid: &CpuId) -> u8 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map_or(36, |e| (e.eax & 0xff) as u8)
+}
+
+/// Firmware boot: VM, RAM memslots, the firmware images as read-only memslots ending at
+/// 4 GiB, the platform, fw_cfg (memory map, vCPUs, ACPI, kernel), then the vCPUs left in
+/// their reset state: the BSP starts at the reset vector, the APs wait for the firmware's
+/// INIT-SIPI.
+fn boot_firmware(
+    kvm: &Kvm,
+    spec: &VmSpec,
+    mem: &GuestMem,
+    supported: &CpuId,
+    timeline: &Timeline,
+) -> Result<(VmFd, Vcpus, FirmwarePlatform)> {
+    if !kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem) {
+        return Err(VmmError::Kvm(
+            "firmware boot needs KVM_CAP_READONLY_MEM (read-only memslots for the firmware)".into(),
+        ));
+    }
+    let mut units = crate::firmware::load_units(spec)?;
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    timeline.mark("kvm_vm_created");
+    map_ram(&vm, mem)?;
+    for u in &mut units {
+        u.map(&vm)?;
+    }
+    timeline.mark("memory_mapped");
+    platform_setup(&vm, crate::firmware::FW_TSS_ADDR)?;
+    if kvm.check_extension(kvm_ioctls::Cap::SetIdentityMapAddr) {
+        vm.set_identity_map_address(crate::firmware::FW_IDENTITY_MAP_ADDR)
+            .map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    }
+    let mmio64 = crate::firmware::mmio64_window(spec.memory_mib, phys_bits(supported));
+    let fw_cfg = crate::firmware::fw_cfg(crate::firmware::FwCfgInputs {
+        spec,
+        acpi: acpi::firmware_tables(spec.vcpus, &acpi::AcpiPlatform::q35(mmio64)),
+        mem: Arc::new(mem.clone()),
+        timeline,
+    })?;
+    timeline.mark("images_loaded");
+    let mut vcpus = Vec::new();
+    for id in 0..spec.vcpus {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_call("KVM_CREATE_VCPU"))?;
+        setup_vcpu(&fd, id, supported, spec.vcpus)?;
+        vcpus.push((id, fd));
+    }
+    timeline.mark("vcpus_created");
+    Ok((
+        vm,
+        vcpus,
+        FirmwarePlatform {
+            units,
+            fw_cfg,
+            mmio64,
+        },
+    ))
+}
+
+/// Where the firmware's debug console lines go: `--firmware-log FILE`, else debug logs.
+fn firmware_log_sink(spec: &VmSpec) -> Result<devices::chipset::debugcon::LineSink> {
+    let Some(path) = &spec.firmware_log else {
+        return Ok(Box::new(
+            |line| tracing::debug!(target: "cvmm::firmware", "{}", String::from_utf8_lossy(line)),
+        ));
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| VmmError::Input(format!("--firmware-log '{}': {e}", path.display())))?;
+    Ok(Box::new(move |line| {
+        use std::io::Write;
+        let _ = f.write_all(line).and_then(|()| f.write_all(b"\n"));
+    }))
 }
 
 fn term_raw(e: &EventFd) -> i32 {
