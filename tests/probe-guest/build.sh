@@ -1,5 +1,6 @@
 #!/bin/sh
-# Builds the cvmm probe guest and writes OUTDIR/probe-pvh.elf and OUTDIR/probe.bzImage.
+# Builds the cvmm probe guest and writes OUTDIR/probe-pvh.elf, OUTDIR/probe.bzImage and
+# OUTDIR/probe-fw.bin (the probe as a 256 KiB firmware image, FW protocol).
 # Usage: tests/probe-guest/build.sh OUTDIR   (env: CARGO_TARGET_DIR). Always a release build: the
 # dev profile links core's panic machinery, which needs an unwinder the probe does not have.
 set -eu
@@ -20,5 +21,8 @@ objcopy -O binary --only-section=.text32 --only-section=.text --only-section=.ro
 objcopy --dump-section .setup16="$out/probe-setup16.bin" "$elf" /dev/null
 python3 "$here/mkbzimage.py" "$elf" "$out/probe-setup16.bin" "$out/probe-payload.bin" \
   "$out/probe.bzImage"
-rm -f "$out/probe-payload.bin" "$out/probe-setup16.bin"
-"$here/check-no-sse.sh" "$out/probe-pvh.elf"
+objcopy --dump-section .fwpage="$out/probe-fwpage.bin" "$elf" /dev/null
+python3 "$here/mkfwimage.py" "$elf" "$out/probe-fwpage.bin" "$out/probe-payload.bin" \
+  "$out/probe-fw.bin"
+rm -f "$out/probe-payload.bin" "$out/probe-setup16.bin" "$out/probe-fwpage.bin"
+"$here/check-no-sse.sh" "$out/probe-pvh.elf" "$out/probe-fw.bin"

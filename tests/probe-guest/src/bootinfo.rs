@@ -5,14 +5,16 @@ use crate::phys::{self, u32_at, u64_at, u8_at};
 
 /// Boot protocol code passed from the entry assembly for PVH; 2 means Linux boot protocol.
 pub const PROTO_PVH: u32 = 1;
+/// Boot protocol code of the FW entry (reset vector of `probe-fw.bin`); see `fw.rs`.
+pub const PROTO_FW: u32 = 3;
 
 const PVH_MAGIC: u32 = 0x336e_c578;
 const CMDLINE_MAX: usize = 4096;
 const E820_RAM: u32 = 1;
 
-/// Boot information common to both protocols.
+/// Boot information common to all protocols.
 pub struct BootInfo {
-    /// `"pvh"` or `"linux"`.
+    /// `"pvh"`, `"linux"` or `"fw"`.
     pub proto: &'static [u8],
     /// Kernel command line (empty if none).
     pub cmdline: &'static [u8],

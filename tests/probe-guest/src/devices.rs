@@ -34,7 +34,8 @@ pub fn wanted(cmdline: &[u8]) -> bool {
     KEYS.iter().any(|k| option(cmdline, k).is_some())
 }
 
-fn parse_addr(s: &[u8]) -> Option<u64> {
+/// Parses `0x<hex>` or a decimal number.
+pub fn parse_addr(s: &[u8]) -> Option<u64> {
     match s.strip_prefix(b"0x") {
         Some(h) if !h.is_empty() && h.len() <= 16 => h.iter().try_fold(0u64, |a, &c| {
             Some(a << 4 | u64::from((c as char).to_digit(16)?))

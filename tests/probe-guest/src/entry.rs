@@ -6,6 +6,9 @@
 //! - `.setup16`: real-mode stub placed by `mkbzimage.py` at setup offset 0x200, for loaders that
 //!   start a bzImage in real mode (QEMU): collects the e820 map with int 0x15, builds a zero page
 //!   and joins the 32-bit path.
+//! - `fw_entry32`: FW protocol (`probe-fw.bin`, the probe as firmware). The reset vector at
+//!   0xFFFFFFF0 and a stub in the same page (`.fwpage`, not loaded, placed by `mkfwimage.py`)
+//!   enter protected mode, copy the image from the start of the flash to 0x100000 and jump here.
 //!
 //! Every path loads its own GDT and the link-time identity map of 0..4 GiB with 2 MiB pages
 //! (never 1 GiB pages, which PVM cannot run), zeroes .bss, then calls `rust_main(proto, info)`
@@ -16,6 +19,8 @@ core::arch::global_asm!(
     r#"
     .set PROTO_PVH, 1
     .set PROTO_LINUX, 2
+    .set PROTO_FW, 3
+    .set FW_FLASH_BASE, 0xfffc0000  /* probe-fw.bin: 256 KiB ending at 4 GiB */
     .set SEL_CODE64, 0x08
     .set SEL_DATA, 0x10
     .set SEL_CODE32, 0x18
@@ -39,6 +44,13 @@ pvh_entry32:
     outb %al, $0x80
     movl %ebx, %esi
     movl $PROTO_PVH, %edi
+    jmp common32
+
+    /* Reached from the firmware reset page (.fwpage), which copied the image here. */
+    .globl fw_entry32
+fw_entry32:
+    xorl %esi, %esi
+    movl $PROTO_FW, %edi
     jmp common32
 
     /* Reached from the real-mode stub, with our GDT loaded and esi = zero page. */
@@ -150,6 +162,7 @@ probe_pdpt:
     .quad probe_pd + 0x2003
     .quad probe_pd + 0x3003
     .fill 508, 8, 0
+    .globl probe_pd
 probe_pd:
     .set pd_addr, 0
     .rept 2048
@@ -169,6 +182,60 @@ probe_stack_top:
     .long 18                    /* XEN_ELFNOTE_PHYS32_ENTRY */
     .asciz "Xen"
     .long pvh_entry32
+
+    /* Firmware reset page (probe-fw.bin): the last 4 KiB below 4 GiB, one non-loaded section
+       addressed from 0 (= 0xfffff000) that mkfwimage.py copies to the end of the flash image.
+       Fixed layout, so check-no-sse.sh can disassemble each part in its mode:
+         0x000 16-bit: loads fw_gdt, enters protected mode
+         0x080 32-bit: copies the image (offset 0 of the flash) to 0x100000, jumps to fw_entry32
+         0x100 data:   fw_gdt (same selectors as probe_gdt; common32 then loads probe_gdt)
+         0xff0 16-bit: the reset vector (CS base 0xffff0000, IP 0xfff0): near jump to 0x000
+       Padding is hlt. No stack is used before common32. */
+    .set FW_PAGE, 0xfffff000
+    .section .fwpage, "x", @progbits
+    .code16
+fw_page:
+    cli
+    cld
+    movb $0x40, %al
+    outb %al, $0x80
+    lgdtl %cs:(FW_PAGE - 0xffff0000 + fw_gdtr - fw_page)
+    movl %cr0, %eax
+    andl $0x9fffffff, %eax      /* caches on: clear CD and NW (set at reset) */
+    orl $1, %eax                /* PE */
+    movl %eax, %cr0
+    ljmpl $SEL_CODE32, $(FW_PAGE + fw_page32 - fw_page)
+
+    .org fw_page + 0x80, 0xf4
+    .code32
+fw_page32:
+    movl $SEL_DATA, %eax
+    movl %eax, %ds
+    movl %eax, %es
+    movl %eax, %ss
+    movl $FW_FLASH_BASE, %esi
+    movl $__image_start, %edi
+    movl $__image_size, %ecx
+    rep movsb
+    ljmp $SEL_CODE32, $fw_entry32
+
+    .org fw_page + 0x100, 0xf4
+fw_gdt:
+    .quad 0
+    .quad 0x00af9b000000ffff    /* 0x08: 64-bit code */
+    .quad 0x00cf93000000ffff    /* 0x10: flat data */
+    .quad 0x00cf9b000000ffff    /* 0x18: flat 32-bit code */
+fw_gdt_end:
+fw_gdtr:
+    .word fw_gdt_end - fw_gdt - 1
+    .long FW_PAGE + fw_gdt - fw_page
+
+    .org fw_page + 0xff0, 0xf4
+    .code16
+fw_reset_vector:                /* 0xfffffff0 */
+    .byte 0xe9                  /* jmp near: IP 0xfff3 + rel16 = 0xf000 */
+    .word fw_page - (fw_reset_vector + 3)
+    .org fw_page + 0x1000, 0xf4
 
     /* Real mode, CS = setup segment + 0x20, IP = 0: this is offset 0x200 of the setup. */
     .section .setup16, "", @progbits

@@ -1,4 +1,5 @@
-//! cvmm probe guest: a tiny x86-64 kernel that boots through PVH or the Linux boot protocol,
+//! cvmm probe guest: a tiny x86-64 kernel that boots through PVH or the Linux boot protocol, or
+//! runs as the machine's firmware from the reset vector (FW protocol, `probe-fw.bin`), and
 //! reports what the VMM gave it on COM1 (`cvmm-probe: ...` lines) and port 0x80 (progress
 //! codes), then exits the way `probe.exit=` asks. Built without SSE (see build.sh) so that it
 //! runs on PVM hosts. The contract is in README.md.
@@ -15,6 +16,8 @@ mod devices;
 #[cfg(not(test))]
 mod entry;
 mod exit;
+mod fw;
+mod fwcfg;
 mod mmio;
 mod netapp;
 mod ninep;
@@ -45,15 +48,26 @@ extern "C" fn rust_main(proto: u32, info: u64) -> ! {
     use serial::{post, put_dec, puts};
 
     serial::init();
-    let bi = bootinfo::read(proto, info);
-    line(&[b"start proto=", bi.proto]);
+    let (bi, session) = if proto == bootinfo::PROTO_FW {
+        line(&[b"start proto=fw"]);
+        let (bi, s) = fw::boot();
+        (bi, Some(s))
+    } else {
+        let bi = bootinfo::read(proto, info);
+        line(&[b"start proto=", bi.proto]);
+        (bi, None)
+    };
     line(&[b"cmdline=", bi.cmdline]);
 
     puts(b"cvmm-probe: mem_mib=");
     put_dec(bi.ram_bytes >> 20);
     puts(b"\n");
 
-    let fw = acpi::locate(bi.rsdp);
+    let rsdp = match &session {
+        Some(s) => s.platform(),
+        None => bi.rsdp,
+    };
+    let fw = acpi::locate(rsdp);
     let (cpus, source) = acpi::count_cpus(&fw);
     puts(b"cvmm-probe: cpus=");
     put_dec(u64::from(cpus));
@@ -61,6 +75,9 @@ extern "C" fn rust_main(proto: u32, info: u64) -> ! {
     puts(source.name());
     puts(b"\n");
     post(POST_PROBED);
+    if session.is_some() {
+        fw::flash_tests(bi.cmdline);
+    }
 
     post(POST_READY);
     line(&[b"ready"]);

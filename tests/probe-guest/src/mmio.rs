@@ -96,6 +96,31 @@ impl Mmio {
     }
 }
 
+/// Marks the 2 MiB pages of the link-time identity map that cover `[base, base + len)` (below
+/// 4 GiB) uncached (PCD | PWT), e.g. for flash the probe programs.
+#[cfg(not(test))]
+pub fn uncache_low(base: u64, len: u64) {
+    extern "C" {
+        static mut probe_pd: [u64; 2048];
+    }
+    let end = base.saturating_add(len).min(MAPPED_END);
+    // SAFETY: probe_pd is the live page directory of 0..4 GiB of entry.rs; the probe is
+    // single-threaded and only adds cache-control bits to entries that map the same frames.
+    let pd = unsafe { &mut *core::ptr::addr_of_mut!(probe_pd) };
+    let mut i = base >> 21;
+    while i < 2048 && (i << 21) < end {
+        pd[i as usize] |= 0x18;
+        i += 1;
+    }
+    // SAFETY: as in `map_gib`: reloading CR3 flushes the TLB.
+    unsafe {
+        core::arch::asm!("mov {t}, cr3", "mov cr3, {t}", t = out(reg) _, options(nostack));
+    }
+}
+
+#[cfg(test)]
+pub fn uncache_low(_base: u64, _len: u64) {}
+
 /// Fills PDPT slot `slot` (1 GiB at `slot << 30`) with 2 MiB uncached pages, once.
 #[cfg(not(test))]
 fn map_gib(slot: u64) -> Option<()> {

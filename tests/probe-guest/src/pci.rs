@@ -3,7 +3,7 @@
 
 use crate::mmio::Mmio;
 use crate::phys::{u16_at, u64_at, u8_at};
-use crate::serial::outl;
+use crate::serial::{inl, outl};
 
 /// Bus/device/function on bus 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,16 +106,6 @@ impl Access {
         // Writing 0 to the status half leaves its write-1-to-clear bits alone.
         self.w32(bdf, 4, u32::from(cmd));
     }
-}
-
-fn inl(port: u16) -> u32 {
-    let v: u32;
-    // SAFETY: port I/O touches no memory.
-    unsafe {
-        core::arch::asm!("in eax, dx", out("eax") v, in("dx") port,
-            options(nomem, nostack, preserves_flags))
-    };
-    v
 }
 
 /// One function found on bus 0.

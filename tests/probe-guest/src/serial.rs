@@ -40,6 +40,16 @@ pub fn inb(port: u16) -> u8 {
     val
 }
 
+/// Reads a 32-bit word from an I/O port.
+pub fn inl(port: u16) -> u32 {
+    let val: u32;
+    // SAFETY: as `outb`.
+    unsafe {
+        asm!("in eax, dx", out("eax") val, in("dx") port, options(nomem, nostack, preserves_flags))
+    }
+    val
+}
+
 /// Writes a progress code to port 0x80.
 pub fn post(code: u8) {
     outb(POST_PORT, code);
