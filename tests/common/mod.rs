@@ -50,10 +50,12 @@ pub fn probe_dir() -> &'static Path {
     })
 }
 
-/// The probe guest image of the given kind ("pvh" or "bzimage").
+/// The probe guest image of the given kind ("pvh", "fw" (the probe as a 256 KiB firmware
+/// image) or "bzimage").
 pub fn probe(kind: &str) -> PathBuf {
     match kind {
         "pvh" => probe_dir().join("probe-pvh.elf"),
+        "fw" => probe_dir().join("probe-fw.bin"),
         _ => probe_dir().join("probe.bzImage"),
     }
 }
