@@ -131,8 +131,8 @@ kill_qemu() {
 run_outer_qemu() {
     local initrd="$1" log="$2" kernel="$RIG_CACHE/${RIG_L1_KERNEL:-vmlinux}" rc=0
     : >"$log"
-    qemu-system-x86_64 \
-        -accel tcg,thread=multi -cpu EPYC,+svm,+npt -M q35 \
+    "${RIG_OUTER_QEMU:-qemu-system-x86_64}" \
+        -accel "${RIG_L1_ACCEL:-tcg,thread=multi}" -cpu "${RIG_L1_CPU:-EPYC,+svm,+npt}" -M q35 \
         -smp 2 -m "${RIG_L1_MEM:-2G}" \
         -nodefaults -no-user-config -display none -monitor none -no-reboot \
         -serial "file:$log" \

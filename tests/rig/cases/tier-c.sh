@@ -1,9 +1,11 @@
 #!/bin/sh
 # L1 case for tier C, one L1 session: the L2 boot comparison (QEMU and cvmm,
-# both images), the Cocos guest case and the manager case. Needs --with-qemu,
-# --add <cvmm>:/bin/cvmm and --add <manager_client>:/bin/manager_client.
+# both images), the Cocos guest case, the manager case and the firmware platform
+# (direct-boot ACPI, OVMF as ROM and as CFI flash). Needs --with-qemu,
+# --add <cvmm>:/bin/cvmm, --add <manager_client>:/bin/manager_client and the
+# OVMF images under /l2/ (run-tier-c.sh adds them).
 rc=0
-for c in compare-l2-boot cvmm-l2-cocos cvmm-manager; do
+for c in compare-l2-boot cvmm-l2-cocos cvmm-manager cvmm-l2-firmware; do
     sh "/lib/rig/cases/$c.sh" || rc=1
 done
 exit $rc
