@@ -292,6 +292,13 @@ fn resolve(mut c: Collected) -> Result<QemuInvocation, QemuArgsError> {
         forwards,
         shares,
         firmware: firmware.0,
+        // A read-only variable store cannot be cvmm's write-through flash: the firmware then
+        // runs from the code alone, with volatile variables (noted in `ignored`).
+        firmware_vars: firmware
+            .1
+            .as_ref()
+            .filter(|v| !v.readonly)
+            .map(|v| v.path.clone()),
         igvm,
         tee: tee_mode,
         net,
@@ -334,6 +341,12 @@ fn firmware(c: &mut Collected) -> Result<(Option<PathBuf>, Option<FirmwareVars>)
             c.ignored
                 .push("-drive if=pflash,unit=0,readonly=off (firmware code is read-only)".into());
         }
+    }
+    if vars.as_ref().is_some_and(|v| v.readonly) {
+        c.ignored.push(
+            "-drive if=pflash,unit=1,readonly=on (variables stay volatile: the store is not mapped)"
+                .into(),
+        );
     }
     let vars = vars.map(|v| FirmwareVars {
         path: v.file,

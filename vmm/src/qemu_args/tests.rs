@@ -149,6 +149,7 @@ fn plain_manager_line_maps_to_spec() {
     let inv = parse_qemu_args(args).unwrap();
     let expected = VmSpec {
         firmware: Some("/usr/share/OVMF/OVMF_CODE.fd".into()),
+        firmware_vars: Some(format!("/tmp/OVMF_VARS-{U2}.fd").into()),
         ..manager_spec("EPYC")
     };
     assert_eq!(inv.spec, expected);
@@ -1048,4 +1049,26 @@ fn truncated_and_mangled_manager_arguments_never_panic() {
         let _ = parse_qemu_args(args);
     }
     assert!(tried > 1000, "{tried}");
+}
+
+#[test]
+fn read_only_variable_store_runs_the_code_alone() {
+    let mut args = common_head("EPYC");
+    args.extend([
+        "-drive".into(),
+        "if=pflash,format=raw,unit=0,file=/fw/CODE.fd,readonly=on".into(),
+        "-drive".into(),
+        "if=pflash,format=raw,unit=1,file=/fw/VARS.fd,readonly=on".into(),
+    ]);
+    args.extend(tail_args());
+    let inv = parse_qemu_args(args).unwrap();
+    assert_eq!(inv.spec.firmware, Some("/fw/CODE.fd".into()));
+    assert_eq!(inv.spec.firmware_vars, None);
+    assert!(
+        inv.ignored
+            .iter()
+            .any(|i| i.starts_with("-drive if=pflash,unit=1,readonly=on")),
+        "{:?}",
+        inv.ignored
+    );
 }
