@@ -7,11 +7,18 @@
 # through 10.0.2.3, and serves the environment file once on
 # port 7002; this case reads it back through the forward and compares bytes.
 # Needs run-l1.sh --add <cvmm>:/bin/cvmm.
+# With the argument `qemu-ovmf`, cvmm runs as `qemu-system-x86_64` (its QEMU personality)
+# with the Go manager's plain-mode argument set (manager-api.md §5.2): OVMF_CODE_4M + a VARS
+# copy as pflash, -netdev user with hostfwd, virtio-9p shares, -kernel/-initrd/-append
+# (1 vCPU: firmware SMP start-up is slow in the rig). Checks are then named qemu-ovmf-*.
 . /lib/rig/case-lib.sh
 
+mode=${1:-run}
 name=cocos
+[ "$mode" = qemu-ovmf ] && name=qemu-ovmf
 HTTP_PORT=8080
 FWD_PORT=7777
+[ "$mode" = qemu-ovmf ] && FWD_PORT=7778
 command -v cvmm >/dev/null || { fail $name "no cvmm in L1 (use --add PATH:/bin/cvmm)"; exit 1; }
 rc=0
 check() { # check NAME CONDITION-RESULT REASON: report one check
@@ -51,11 +58,31 @@ echo "$DNS_IP cocos.test" >>/etc/hosts
 append="$L2_APPEND rig.l2=cocos rig.http=$HTTP_PORT rig.httpsum=$http_sum rig.dns=cocos.test rig.dnsip=$DNS_IP"
 log=/tmp/$name.log
 t0=$(now_ms)
-cvmm run --kernel "$(l2_image)" --initrd /l2/initrd.cpio.gz --append "$append" \
-    --smp 2 --memory 512M --serial stdio \
-    --forward tcp:127.0.0.1:$FWD_PORT-:7002 \
-    --share env_share=$work/env --share certs_share=$work/certs \
-    </dev/null >$log 2>&1 &
+if [ "$mode" = qemu-ovmf ]; then
+    mkdir -p /tmp/qemu-personality
+    ln -sf "$(command -v cvmm)" /tmp/qemu-personality/qemu-system-x86_64
+    cp /l2/OVMF_VARS_4M.fd /tmp/OVMF_VARS-rig.fd
+    u=rig-0001
+    /tmp/qemu-personality/qemu-system-x86_64 -enable-kvm -machine q35 -cpu EPYC \
+        -smp 1,maxcpus=64 -m 512M,slots=5,maxmem=30G \
+        -drive if=pflash,format=raw,unit=0,file=/l2/OVMF_CODE_4M.fd,readonly=on \
+        -drive if=pflash,format=raw,unit=1,file=/tmp/OVMF_VARS-rig.fd \
+        -netdev user,id=vmnic-$u,hostfwd=tcp::$FWD_PORT-:7002 \
+        -device virtio-net-pci,disable-legacy=on,iommu_platform=true,netdev=vmnic-$u,addr=0x2,romfile= \
+        -kernel /l2/bzImage -append "$append" -initrd /l2/initrd.cpio.gz \
+        -nographic -monitor pty \
+        -fsdev local,id=cert_fs,path=$work/certs,security_model=mapped \
+        -device virtio-9p-pci,fsdev=cert_fs,mount_tag=certs_share \
+        -fsdev local,id=env_fs,path=$work/env,security_model=mapped \
+        -device virtio-9p-pci,fsdev=env_fs,mount_tag=env_share \
+        </dev/null >$log 2>&1 &
+else
+    cvmm run --kernel "$(l2_image)" --initrd /l2/initrd.cpio.gz --append "$append" \
+        --smp 2 --memory 512M --serial stdio \
+        --forward tcp:127.0.0.1:$FWD_PORT-:7002 \
+        --share env_share=$work/env --share certs_share=$work/certs \
+        </dev/null >$log 2>&1 &
+fi
 vmm_pid=$!
 
 # Wait (bounded) for the guest to announce it serves, then read the forward.
@@ -92,16 +119,16 @@ kill $httpd_pid 2>/dev/null
 tr -d '\r' <$log | grep -ao 'RIG-\(PASS\|FAIL\) cocos-.*'
 tr -d '\r' <$log | grep -ao 'RIG-L2: cocos [a-z].*' | sed 's/^RIG-L2: /RIG-INFO /'
 l2_sum=$(tr -d '\r' <$log | sed -n 's/.*RIG-L2: cocos env md5=\([0-9a-f]*\).*/\1/p' | head -n 1)
-check cocos-env-md5 "$([ "$l2_sum" = "$env_sum" ]; echo $?)" \
+check $name-env-md5 "$([ "$l2_sum" = "$env_sum" ]; echo $?)" \
     "guest read md5 '$l2_sum', host file has $env_sum"
 got_sum=$(md5sum <$got)
 got_sum=${got_sum%% *}
-check cocos-forward "$([ "$got_sum" = "$env_sum" ]; echo $?)" \
+check $name-forward "$([ "$got_sum" = "$env_sum" ]; echo $?)" \
     "read $(wc -c <$got) bytes from 127.0.0.1:$FWD_PORT, md5 $got_sum, want $env_sum ($(head -c 60 $got | tr '\n' ' '))"
-check cocos-l2-done "$(grep -aq 'RIG-L2: case cocos rc=0' $log; echo $?)" \
+check $name-l2-done "$(grep -aq 'RIG-L2: case cocos rc=0' $log; echo $?)" \
     "the L2 case did not finish with rc=0"
-check cocos-exit "$([ "$vmm_rc" = 0 ]; echo $?)" "cvmm exited with $vmm_rc (0 = guest powered off)"
-result "cocos ms_to_serving=$((t_announce - t0)) ms_to_data=$((t_served - t0)) ms_total=$((t_end - t0)) vmm_rc=$vmm_rc"
+check $name-exit "$([ "$vmm_rc" = 0 ]; echo $?)" "cvmm exited with $vmm_rc (0 = guest powered off)"
+result "$name ms_to_serving=$((t_announce - t0)) ms_to_data=$((t_served - t0)) ms_total=$((t_end - t0)) vmm_rc=$vmm_rc"
 if [ $rc != 0 ]; then
     echo "--- last lines of $log"
     tr -d '\r' <$log | grep -av '^RIG-' | tail -n 20 | cut -c1-200

@@ -8,4 +8,6 @@ rc=0
 for c in compare-l2-boot cvmm-l2-cocos cvmm-manager cvmm-l2-firmware; do
     sh "/lib/rig/cases/$c.sh" || rc=1
 done
+# The Go manager's plain argument set through cvmm's QEMU personality, OVMF as pflash.
+sh /lib/rig/cases/cvmm-l2-cocos.sh qemu-ovmf || rc=1
 exit $rc
