@@ -11,8 +11,10 @@ want() { dpkg -s "$1" >/dev/null 2>&1 || need_pkgs+=("$1"); }
 for p in build-essential binutils python3 file; do want "$p"; done
 if [[ "${1:-}" == "--test" ]]; then
   # Tests: QEMU (the nested rig and the comparison), busybox + cpio (guest initramfs),
-  # util-linux (unshare), OVMF images (firmware/TEE measurement tests), DejaVu (bench plots).
-  for p in qemu-system-x86 qemu-utils busybox-static cpio util-linux ovmf kmod python3-pip fonts-dejavu-core; do want "$p"; done
+  # util-linux (unshare), OVMF images (firmware/TEE measurement tests), DejaVu (bench plots),
+  # acpica-tools (iasl disassembles the ACPI tables in tests/acpi_dump.rs).
+  for p in qemu-system-x86 qemu-utils busybox-static cpio util-linux ovmf kmod python3-pip \
+    fonts-dejavu-core acpica-tools; do want "$p"; done
 fi
 
 if ((${#need_pkgs[@]})); then
