@@ -269,6 +269,14 @@ impl Manager {
             firmware: (self.tee == TeeMode::Tdx).then(|| abs(&vm.ovmf_file)),
             igvm: (self.tee == TeeMode::Snp).then(|| abs(&vm.igvm_file)),
             tee: self.tee,
+            snp: vmm::spec::SnpSettings {
+                cbitpos: u8::try_from(vm.sev_snp_cbit_pos).ok(),
+                reduced_phys_bits: u8::try_from(vm.sev_snp_reduced_phys_bits).ok(),
+                ..Default::default()
+            },
+            tdx: vmm::spec::TdxSettings {
+                quote_generation: Some(format!("vsock:2:{}", vm.quote_generation_port)),
+            },
             ..VmSpec::default()
         }
     }

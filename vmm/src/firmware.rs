@@ -384,6 +384,9 @@ pub struct FwCfgInputs<'a> {
     pub acpi: AcpiTables,
     pub mem: Arc<GuestMem>,
     pub timeline: &'a Timeline,
+    /// The kernel's setup header stays byte-identical to the file (a measured boot: the
+    /// firmware checks it against the launch's hashes table), as QEMU does for SEV.
+    pub pristine_kernel: bool,
 }
 
 /// The fw_cfg phases worth a timeline mark: the firmware's first fw_cfg access, its memory
@@ -403,6 +406,7 @@ pub fn fw_cfg(inputs: FwCfgInputs) -> Result<FwCfg> {
         acpi,
         mem,
         timeline,
+        pristine_kernel,
     } = inputs;
     let fwerr = |e: devices::firmware::FwCfgError| VmmError::Input(format!("fw_cfg: {e}"));
     let mut fw = FwCfg::new().with_dma(mem);
@@ -434,7 +438,7 @@ pub fn fw_cfg(inputs: FwCfgInputs) -> Result<FwCfg> {
                 initrd,
                 cmdline: spec.cmdline.clone(),
                 below_4g_mem: low_ram_bytes(spec.memory_mib),
-                pristine_setup: false,
+                pristine_setup: pristine_kernel,
             })
             .map_err(|e| {
                 VmmError::Input(format!(

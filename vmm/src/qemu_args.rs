@@ -307,6 +307,24 @@ fn resolve(mut c: Collected) -> Result<QemuInvocation, QemuArgsError> {
     if let Some(cpu) = c.cpu {
         spec.cpu = cpu;
     }
+    match &tee {
+        Some(TeeOptions::Snp(o)) => {
+            spec.snp = crate::spec::SnpSettings {
+                cbitpos: u8::try_from(o.cbitpos).ok(),
+                reduced_phys_bits: u8::try_from(o.reduced_phys_bits).ok(),
+                host_data: o.host_data,
+                policy: o.policy,
+                kernel_hashes: o.kernel_hashes,
+            }
+        }
+        Some(TeeOptions::Tdx(o)) => {
+            spec.tdx.quote_generation = o.quote_generation_socket.as_ref().map(|q| match q {
+                QuoteSocket::Vsock { cid, port } => format!("vsock:{cid}:{port}"),
+                QuoteSocket::Unix(p) => format!("unix:{}", p.display()),
+            })
+        }
+        None => {}
+    }
     let mut ignored = Vec::new();
     for item in c.ignored {
         if !ignored.contains(&item) {

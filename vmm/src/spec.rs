@@ -116,6 +116,37 @@ pub enum TeeMode {
     Tdx,
 }
 
+/// SEV-SNP launch settings (QEMU's `sev-snp-guest` properties, the manager's
+/// `MANAGER_QEMU_SEV_SNP_*`); unset values come from the host's CPUID or the defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SnpSettings {
+    /// C-bit position in guest page-table entries.
+    #[serde(default)]
+    pub cbitpos: Option<u8>,
+    /// Physical address bits lost when memory encryption is on.
+    #[serde(default)]
+    pub reduced_phys_bits: Option<u8>,
+    /// 32 bytes the attestation report carries (`SNP_LAUNCH_FINISH` host data).
+    #[serde(default)]
+    pub host_data: Option<[u8; 32]>,
+    /// Guest policy (default: SMT allowed, bit 17).
+    #[serde(default)]
+    pub policy: Option<u64>,
+    /// Measure `--kernel/--initrd/--append` through OVMF's SEV hashes table
+    /// (QEMU `kernel-hashes=on`); otherwise the kernel reaches the firmware unmeasured.
+    #[serde(default)]
+    pub kernel_hashes: bool,
+}
+
+/// TDX launch settings (QEMU's `tdx-guest` properties).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TdxSettings {
+    /// Where GetQuote requests go: `vsock:CID:PORT` (default vsock:2:4050), `unix:PATH`
+    /// or `tcp:HOST:PORT`.
+    #[serde(default)]
+    pub quote_generation: Option<String>,
+}
+
 /// One VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
@@ -168,6 +199,12 @@ pub struct VmSpec {
     /// Launch path.
     #[serde(default)]
     pub tee: TeeMode,
+    /// SEV-SNP settings (used with `tee` = snp).
+    #[serde(default)]
+    pub snp: SnpSettings,
+    /// TDX settings (used with `tee` = tdx).
+    #[serde(default)]
+    pub tdx: TdxSettings,
     /// Whether the VM gets its virtio-net NIC with the user-mode network.
     #[serde(default = "default_true")]
     pub net: bool,
@@ -201,6 +238,8 @@ impl Default for VmSpec {
             fw_cfg: Vec::new(),
             igvm: None,
             tee: TeeMode::None,
+            snp: SnpSettings::default(),
+            tdx: TdxSettings::default(),
             net: true,
         }
     }

@@ -477,12 +477,21 @@ pub fn snp_boot<'a>(
     on_vcpu: VcpuHook<'a>,
     timeline: &crate::timeline::Timeline,
 ) -> Result<LaunchedVm> {
-    if spec.kernel.is_some() || spec.initrd.is_some() {
+    // The kernel reaches the firmware through fw_cfg (the device stage adds it); with kernel
+    // hashes it is also measured through OVMF's hashes table, as QEMU's kernel-hashes=on.
+    let hashed = spec.snp.kernel_hashes;
+    if hashed && (spec.kernel.is_none() || spec.igvm.is_some()) {
         return Err(VmmError::Input(
-            "--tee snp: direct kernel boot (--kernel/--initrd) is not supported; give --igvm \
-             or the firmware"
+            "--tee snp with kernel hashes needs --kernel and an OVMF image with an \
+             SNP_KERNEL_HASHES section (not an IGVM file)"
                 .into(),
         ));
+    }
+    if spec.kernel.is_some() && !hashed {
+        tracing::warn!(
+            "the kernel, initrd and command line reach the SEV-SNP guest unmeasured \
+             (no kernel hashes): only the firmware is in the launch digest"
+        );
     }
     let (firmware, ovmf_len) = match (&spec.igvm, &spec.firmware) {
         (Some(p), _) => (
@@ -510,11 +519,17 @@ pub fn snp_boot<'a>(
         .find(|e| e.function == 1)
         .map(|e| e.eax)
         .unwrap_or(0);
+    let measured = |what, p: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>> {
+        match p {
+            Some(p) if hashed => read(what, p).map(Some),
+            _ => Ok(None),
+        }
+    };
     let inputs = tee::MeasureInputs {
         firmware,
-        kernel: None,
-        initrd: None,
-        cmdline: None,
+        kernel: measured("kernel", &spec.kernel)?,
+        initrd: measured("initrd", &spec.initrd)?,
+        cmdline: hashed.then(|| spec.cmdline.clone()),
         vcpus: spec.vcpus,
         vcpu_signature: signature,
         guest_features: tee::plan::SEV_FEATURE_SNP_ACTIVE,
@@ -526,7 +541,15 @@ pub fn snp_boot<'a>(
         cmdline: spec.cmdline.clone(),
         memory: crate::igvm_boot::memory_ranges(spec.memory_mib),
     };
-    let plan = tee::plan::LaunchPlan::from_inputs_with(&inputs, &igvm_params).map_err(tee_err)?;
+    let mut plan =
+        tee::plan::LaunchPlan::from_inputs_with(&inputs, &igvm_params).map_err(tee_err)?;
+    // Neither is part of the launch digest; both reach LAUNCH_START / LAUNCH_FINISH.
+    if let Some(policy) = spec.snp.policy {
+        plan.policy = policy;
+    }
+    if let Some(data) = spec.snp.host_data {
+        plan.host_data = data;
+    }
     tracing::info!(
         digest = %tee::measure::hex(&plan.digest()),
         ranges = plan.ranges.len(),
@@ -551,7 +574,9 @@ pub fn snp_boot<'a>(
         }
         None => None,
     };
-    let (cbitpos, reduced_phys_bits) = cbit(cpuid);
+    let (cpuid_cbit, cpuid_reduced) = cbit(cpuid);
+    let cbitpos = spec.snp.cbitpos.unwrap_or(cpuid_cbit);
+    let reduced_phys_bits = spec.snp.reduced_phys_bits.unwrap_or(cpuid_reduced);
     let cfg = tee::snp::SnpConfig {
         cbitpos,
         reduced_phys_bits,

@@ -183,7 +183,7 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_call("KVM_GET_SUPPORTED_CPUID"))?;
         cpuid::apply_template(&mut supported, &template);
-        let firmware_boot = platform == Platform::Plain && spec.firmware.is_some();
+        let firmware_boot = runs_firmware(spec, platform);
         if platform == Platform::Plain {
             cpuid::hide_sev(&mut supported);
         }
@@ -215,6 +215,15 @@ impl Vm {
                     &timeline,
                 )?;
                 timeline.mark("vcpus_created");
+                // The firmware in the launch image reads the platform from fw_cfg, as OVMF
+                // does under QEMU's igvm-cfg; a measured kernel keeps its file's bytes.
+                fw = Some(confidential_firmware_platform(
+                    spec,
+                    &mem,
+                    &supported,
+                    &timeline,
+                    spec.snp.kernel_hashes,
+                )?);
                 (vm, vcpus, Some(keep))
             }
             Platform::Tdx => {
@@ -582,7 +591,7 @@ fn plain_boot(
 }
 
 /// What a firmware boot hands to the device stage.
-struct FirmwarePlatform {
+pub(crate) struct FirmwarePlatform {
     units: Vec<FirmwareUnit>,
     fw_cfg: devices::firmware::FwCfg,
     mmio64: Option<(u64, u64)>,
@@ -626,13 +635,7 @@ fn boot_firmware(
         vm.set_identity_map_address(crate::firmware::FW_IDENTITY_MAP_ADDR)
             .map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
     }
-    let mmio64 = crate::firmware::mmio64_window(spec.memory_mib, phys_bits(supported));
-    let fw_cfg = crate::firmware::fw_cfg(crate::firmware::FwCfgInputs {
-        spec,
-        acpi: acpi::firmware_tables(spec.vcpus, &acpi::AcpiPlatform::q35(mmio64)),
-        mem: Arc::new(mem.clone()),
-        timeline,
-    })?;
+    let platform = firmware_platform(spec, mem, supported, timeline, false, units)?;
     timeline.mark("images_loaded");
     let mut vcpus = Vec::new();
     for id in 0..spec.vcpus {
@@ -643,15 +646,52 @@ fn boot_firmware(
         vcpus.push((id, fd));
     }
     timeline.mark("vcpus_created");
-    Ok((
-        vm,
-        vcpus,
-        FirmwarePlatform {
-            units,
-            fw_cfg,
-            mmio64,
-        },
-    ))
+    Ok((vm, vcpus, platform))
+}
+
+/// Whether the guest starts in firmware and so gets the q35-like platform with fw_cfg: a
+/// firmware boot, or a confidential launch (whose IGVM file or OVMF image is firmware).
+fn runs_firmware(spec: &VmSpec, platform: Platform) -> bool {
+    match platform {
+        Platform::Plain => spec.firmware.is_some(),
+        Platform::Snp | Platform::Tdx => spec.firmware.is_some() || spec.igvm.is_some(),
+    }
+}
+
+/// The fw_cfg and windows of a firmware platform (the firmware images, if any, are `units`).
+fn firmware_platform(
+    spec: &VmSpec,
+    mem: &GuestMem,
+    supported: &CpuId,
+    timeline: &Timeline,
+    pristine_kernel: bool,
+    units: Vec<FirmwareUnit>,
+) -> Result<FirmwarePlatform> {
+    let mmio64 = crate::firmware::mmio64_window(spec.memory_mib, phys_bits(supported));
+    let fw_cfg = crate::firmware::fw_cfg(crate::firmware::FwCfgInputs {
+        spec,
+        acpi: acpi::firmware_tables(spec.vcpus, &acpi::AcpiPlatform::q35(mmio64)),
+        mem: Arc::new(mem.clone()),
+        timeline,
+        pristine_kernel,
+    })?;
+    Ok(FirmwarePlatform {
+        units,
+        fw_cfg,
+        mmio64,
+    })
+}
+
+/// The platform of a confidential launch: fw_cfg without firmware units (the firmware is
+/// part of the launched, private image).
+pub(crate) fn confidential_firmware_platform(
+    spec: &VmSpec,
+    mem: &GuestMem,
+    supported: &CpuId,
+    timeline: &Timeline,
+    measured_kernel: bool,
+) -> Result<FirmwarePlatform> {
+    firmware_platform(spec, mem, supported, timeline, measured_kernel, Vec::new())
 }
 
 /// Where the firmware's debug console lines go: `--firmware-log FILE`, else debug logs.

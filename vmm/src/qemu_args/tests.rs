@@ -185,18 +185,25 @@ fn snp_manager_line_maps_to_spec() {
     ]);
     args.extend(tail_args());
     let inv = parse_qemu_args(args).unwrap();
-    let expected = VmSpec {
-        igvm: Some("/root/coconut-qemu.igvm".into()),
-        tee: TeeMode::Snp,
-        ..manager_spec("EPYC")
-    };
-    assert_eq!(inv.spec, expected);
     let expected_data: Vec<u8> = (0..32)
         .map(|i| {
             let hex = "b432d945a04087273f48cc9e693299a3fd62b8675d5e203beee1a03c7deaf8c8";
             u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()
         })
         .collect();
+    let expected = VmSpec {
+        igvm: Some("/root/coconut-qemu.igvm".into()),
+        tee: TeeMode::Snp,
+        snp: crate::spec::SnpSettings {
+            cbitpos: Some(51),
+            reduced_phys_bits: Some(1),
+            host_data: Some(expected_data.clone().try_into().unwrap()),
+            policy: None,
+            kernel_hashes: false,
+        },
+        ..manager_spec("EPYC")
+    };
+    assert_eq!(inv.spec, expected);
     assert_eq!(
         inv.tee,
         Some(TeeOptions::Snp(SnpOptions {
@@ -242,6 +249,9 @@ fn tdx_manager_line_maps_to_spec() {
         tee: TeeMode::Tdx,
         // -nodefaults removes QEMU's serial port; -nographic has nothing to show.
         serial: SerialSpec::None,
+        tdx: crate::spec::TdxSettings {
+            quote_generation: Some("vsock:2:4050".into()),
+        },
         ..manager_spec("host")
     };
     assert_eq!(inv.spec, expected);
