@@ -446,6 +446,66 @@ def gen_pio():
     ]))
 
 
+# ---- the firmware-boot platform (q35 chipset, PM block, flash) --------------------------
+Q35_DEV = {"i8042": 0, "port92": 1, "debugcon": 2, "fw_cfg": 3, "pm": 4, "cf8": 5}
+
+
+def q_pio_w(dev, off, width, value):
+    return (OP_PIO_W | WIDTH[width] << 3, bytes([Q35_DEV[dev], off]) + value.to_bytes(8, "little")[:width])
+
+
+def q_pio_r(dev, off, width):
+    return (OP_PIO_R | WIDTH[width] << 3, bytes([Q35_DEV[dev], off]))
+
+
+def q_mmio_w(region, off, width, value):
+    return (OP_MMIO_W | WIDTH[width] << 3, bytes([region]) + struct.pack("<I", off) + value.to_bytes(8, "little")[:width])
+
+
+def q_mmio_r(region, off, width):
+    return (OP_MMIO_R | WIDTH[width] << 3, bytes([region]) + struct.pack("<I", off))
+
+
+def q_cf8(dev, reg):
+    return q_pio_w("cf8", 0, 4, 0x80000000 | dev << 11 | reg)
+
+
+ECAM, VARS, CODE = 0, 1, 2
+
+
+def gen_q35():
+    # OVMF's order: host bridge id, PCIEXBAR, LPC PMBASE + ACPI_EN, PM timer, SCI_EN, S5.
+    write("firmware_platform", "ovmf_platform_init", records([
+        q_cf8(0, 0), q_pio_r("cf8", 6, 2), q_cf8(0, 0x64), q_pio_w("cf8", 4, 4, 0),
+        q_cf8(0, 0x60), q_pio_w("cf8", 4, 4, 0xB0000001), q_mmio_r(ECAM, 0, 4),
+        q_mmio_r(ECAM, 0x1F << 15, 4), q_cf8(0x1F, 0x40), q_pio_w("cf8", 4, 4, 0x601),
+        q_cf8(0x1F, 0x44), q_pio_w("cf8", 4, 1, 0x80), q_pio_r("pm", 8, 4), q_pio_r("pm", 8, 4),
+        q_pio_r("pm", 4, 2), q_pio_w("pm", 4, 2, 1), q_pio_r("port92", 0, 1),
+        q_pio_w("port92", 0, 1, 2), q_pio_r("debugcon", 0, 1), q_pio_w("debugcon", 0, 1, ord("x")),
+        q_pio_w("pm", 4, 2, 1 << 13), q_pio_w("cf8", 1, 1, 6),
+    ]))
+    # QemuFlashDetected, a program, an erase, CFI query, on both units.
+    ops = []
+    for region in (VARS, CODE):
+        ops += [q_mmio_r(region, 0x10, 1), q_mmio_w(region, 0x10, 1, 0x50), q_mmio_r(region, 0x10, 1),
+                q_mmio_w(region, 0x10, 1, 0x70), q_mmio_r(region, 0x10, 1), q_mmio_w(region, 0x10, 1, 0xFF),
+                q_mmio_w(region, 0x20, 1, 0x10), q_mmio_w(region, 0x20, 1, 0x41), q_mmio_r(region, 0x20, 1),
+                q_mmio_w(region, 0x1000, 1, 0x20), q_mmio_w(region, 0x1000, 1, 0xD0), q_mmio_r(region, 0x1000, 1),
+                q_mmio_w(region, 0, 1, 0x98), q_mmio_r(region, 0x10, 4), q_mmio_w(region, 0, 1, 0xFF),
+                q_mmio_r(region, 0x3FFC, 8)]
+    write("firmware_platform", "flash", records(ops))
+    # fw_cfg: directory and the loader script through DMA, the kernel through the data port.
+    sel_read = 0x8 | 0x2
+    write("firmware_platform", "fw_cfg", records([
+        q_pio_w("fw_cfg", 0, 2, 0), q_pio_r("fw_cfg", 1, 4), q_pio_w("fw_cfg", 0, 2, 1), q_pio_r("fw_cfg", 1, 4),
+        (OP_MEM, struct.pack("<I", 0x1000) + dma_access(0x19 << 16 | sel_read, 4096, 0x2000)),
+        (OP_DMA, struct.pack("<I", 0x1000)),
+        (OP_MEM, struct.pack("<I", 0x1100) + dma_access(0x23 << 16 | sel_read, 8192, 0x8000)),
+        (OP_DMA, struct.pack("<I", 0x1100)),
+        q_pio_w("fw_cfg", 0, 2, 0x11), q_pio_r("fw_cfg", 1, 8), q_pio_w("fw_cfg", 0, 2, 0x15), q_pio_r("fw_cfg", 1, 8),
+    ]))
+
+
 # ---- CreateVm requests -------------------------------------------------------------------
 (F_LOG, F_CA, F_KEY, F_CERT, F_URL, F_CA_URL, F_TTL, F_TOKEN, F_AWS_ID, F_AWS_SECRET, F_AWS_URL,
  F_AWS_REGION, F_AA) = range(13)
@@ -480,4 +540,5 @@ if __name__ == "__main__":
     gen_options()
     gen_virtio_net()
     gen_pio()
+    gen_q35()
     gen_requests()

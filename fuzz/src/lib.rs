@@ -3,6 +3,7 @@
 //! destinations confined to the guest subnet or loopback) and checksum-valid.
 
 pub mod machine;
+pub mod q35;
 pub mod virtq;
 
 /// Splits `data` into records `[flags: u8][len: u16 LE][len bytes]`; a short tail becomes the
