@@ -40,6 +40,9 @@ enum Command {
         /// Seccomp filters: kill (default), log or off.
         #[arg(long, default_value = "kill")]
         seccomp: String,
+        /// Serve the control socket (status, stop) at this path.
+        #[arg(long)]
+        control: Option<PathBuf>,
     },
 }
 
@@ -446,7 +449,23 @@ fn dump_acpi(spec: &VmSpec, dir: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Raises SIGTERM in this process: a stop requested on the control socket takes the same
+/// clean path as a signal from outside.
+fn stop_self() {
+    // SAFETY: kill(2) on our own pid with a signal whose handler the VM installed.
+    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+}
+
 fn run_vm(spec: VmSpec, timeline: Timeline, seccomp: &str) -> ExitCode {
+    run_vm_with_control(spec, timeline, seccomp, None)
+}
+
+fn run_vm_with_control(
+    spec: VmSpec,
+    timeline: Timeline,
+    seccomp: &str,
+    control: Option<&std::path::Path>,
+) -> ExitCode {
     let mode = match seccomp.parse::<seccomp::Mode>() {
         Ok(m) => m,
         Err(e) => {
@@ -465,6 +484,15 @@ fn run_vm(spec: VmSpec, timeline: Timeline, seccomp: &str) -> ExitCode {
         eprintln!("cvmm: VMM failure: {e:#}");
         return ExitCode::from(EXIT_FAILURE);
     }
+    // The control socket is bound before Landlock (which then need not allow it); its thread
+    // starts after Landlock and the seccomp mode, so it inherits the one and installs the other.
+    let bound = match control.map(vmm::control::bind).transpose() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cvmm: VMM failure: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     // Landlock before any thread starts, so every thread inherits it.
     match crate::confine::spec_paths(&spec)
         .and_then(|(read, write)| crate::confine::restrict_files(&read, &write))
@@ -480,6 +508,14 @@ fn run_vm(spec: VmSpec, timeline: Timeline, seccomp: &str) -> ExitCode {
         eprintln!("cvmm: VMM failure: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
+    let _control =
+        match bound.map(|b| b.serve(spec.name.clone(), timeline.clone(), Box::new(stop_self))) {
+            Some(Err(e)) => {
+                eprintln!("cvmm: VMM failure: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            served => served.and_then(Result::ok),
+        };
     match vmm::run_spec(&spec, timeline) {
         Ok(exit) => {
             eprintln!("cvmm: {}", exit.reason());
@@ -636,10 +672,14 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EXIT_INPUT)
             }
         },
-        Command::Vm { spec, seccomp } => match load_spec(&spec) {
+        Command::Vm {
+            spec,
+            seccomp,
+            control,
+        } => match load_spec(&spec) {
             Ok(spec) => {
                 timeline.mark("args_parsed");
-                run_vm(spec, timeline, &seccomp)
+                run_vm_with_control(spec, timeline, &seccomp, control.as_deref())
             }
             Err(e) => {
                 eprintln!("cvmm: error: {e:#}");

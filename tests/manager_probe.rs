@@ -422,3 +422,38 @@ fn a_restarted_manager_re_adopts_running_vms() {
     );
     assert!(!state.join(&r.cvm_id).exists());
 }
+
+#[test]
+fn the_control_socket_reports_the_vm_and_stops_it() {
+    if !kvm_available("tier B manager") {
+        return;
+    }
+    let m = start_manager(&[("MANAGER_QEMU_KERNEL_CMDLINE", "probe.exit=halt".into())]);
+    rt().block_on(async {
+        let mut c = m.client().await;
+        let id = create_with_ttl(&mut c, "10m").await;
+        assert!(m.wait_ready(&id), "VM did not boot");
+        let pid = vm_pid(&m.state, &id);
+        let sock = m.state.join(&id).join("control.sock");
+        let st = vmm::control::status(&sock).expect("the VM answers on its control socket");
+        assert_eq!(st.name, id);
+        assert_eq!(st.pid as i32, pid);
+        assert_eq!(st.state, "running");
+        let phases: Vec<&str> = st.phases.iter().map(|p| p.phase.as_str()).collect();
+        for want in ["kvm_vm_created", "first_kvm_run[vcpu0]", "debug_port:0x60"] {
+            assert!(phases.contains(&want), "no {want} in {phases:?}");
+        }
+        assert!(st.phases.windows(2).all(|w| w[0].us <= w[1].us));
+        // A stop on the socket ends the VM (its control thread runs under its seccomp filter);
+        // the manager reaps it like a VM that exits on its own.
+        vmm::control::stop(&sock).unwrap();
+        assert!(
+            wait_for(Duration::from_secs(10), || !pid_alive(pid)),
+            "VM still running after a stop on its control socket"
+        );
+        assert!(
+            wait_for(Duration::from_secs(10), || !m.state.join(&id).exists()),
+            "state of the stopped VM left behind"
+        );
+    });
+}

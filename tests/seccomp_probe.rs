@@ -88,3 +88,69 @@ fn log_and_off_modes_let_the_call_through() {
     assert_eq!(r.code, Some(2));
     assert!(r.stderr.contains("--seccomp 'strict'"), "{}", r.stderr);
 }
+
+/// `cvmm vm --spec F --control SOCK` (how the manager runs a VM) with the probe.
+fn vm_with_control(tag: &str, selftest: Option<&str>) -> (std::process::Child, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("cvmm-seccomp-ctl-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("spec.json");
+    let k = probe("pvh");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"{{"kernel":{:?},"vcpus":1,"memory_mib":128,"cmdline":"probe.exit=halt","net":false,"serial":"none"}}"#,
+            k.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let sock = dir.join("control.sock");
+    let mut cmd = Command::new(cvmm());
+    cmd.args(["vm", "--spec", spec.to_str().unwrap(), "--control"])
+        .arg(&sock)
+        .env("CVMM_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(kind) = selftest {
+        cmd.env("CVMM_SECCOMP_SELFTEST", kind);
+    }
+    (cmd.spawn().unwrap(), sock)
+}
+
+#[test]
+fn the_control_thread_is_filtered_and_serves_under_its_filter() {
+    if !kvm_available("tier B seccomp") {
+        return;
+    }
+    let (child, _) = vm_with_control("selftest", Some("control"));
+    let r = wait_limit(child, LIMIT);
+    assert_eq!(
+        r.signal,
+        Some(libc::SIGSYS),
+        "code {:?}\n{}",
+        r.code,
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("'control'"),
+        "the reporter names the thread: {}",
+        r.stderr
+    );
+
+    // Without the self-test the control thread answers status and stop in kill mode.
+    let (child, sock) = vm_with_control("serve", None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        match vmm::control::status(&sock) {
+            Ok(s) if s.phases.iter().any(|p| p.phase == "debug_port:0x60") => break Some(s),
+            _ if std::time::Instant::now() > deadline => break None,
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let status = status.expect("the VM answered with its ready phase on the control socket");
+    assert_eq!(status.pid, child.id());
+    vmm::control::stop(&sock).unwrap();
+    let r = wait_limit(child, LIMIT);
+    assert_eq!(r.code, Some(128 + libc::SIGTERM), "{}", r.stderr);
+    let _ = std::fs::remove_dir_all(sock.parent().unwrap());
+}

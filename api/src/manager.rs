@@ -214,11 +214,20 @@ impl Manager {
             .map_err(|e| self.files_err(id, io::Error::other(e)))?;
         state::write_private(&dir.spec(), &json).map_err(|e| self.files_err(id, e))?;
         let exe = &self.cfg.vmm_exe;
-        let mut child = spawn_vm(exe, &dir.spec(), &dir.console(), listener).map_err(|source| {
-            VmError::Spawn {
-                exe: exe.clone(),
-                source,
-            }
+        let control = dir.control();
+        if control.is_none() {
+            tracing::warn!(cvm_id = %id, dir = %dir.0.display(), "state directory too deep for a control socket; the VM is stopped by signal");
+        }
+        let mut child = spawn_vm(
+            exe,
+            &dir.spec(),
+            &dir.console(),
+            listener,
+            control.as_deref(),
+        )
+        .map_err(|source| VmError::Spawn {
+            exe: exe.clone(),
+            source,
         })?;
         match pidfd_open(child.id() as i32) {
             Ok(fd) => Ok((child, fd)),
@@ -383,7 +392,7 @@ impl Manager {
     }
 
     async fn remove_inner(&self, id: &str, from_ttl: bool) -> Result<(), VmError> {
-        let (pidfd, mut exited) = {
+        let (pidfd, mut exited, control) = {
             let mut vms = self.vms();
             let e = vms.get_mut(id).ok_or(VmError::NotFound)?;
             if let Some(t) = e.ttl.take() {
@@ -392,14 +401,29 @@ impl Manager {
                 }
             }
             match &e.pidfd {
-                Some(fd) if e.running => (Arc::clone(fd), e.exited.clone()),
+                Some(fd) if e.running => (Arc::clone(fd), e.exited.clone(), e.dir.control()),
                 _ => {
                     vms.remove(id);
                     return Ok(());
                 }
             }
         };
-        pidfd_signal(&pidfd, libc::SIGTERM).map_err(VmError::Signal)?;
+        // Ask through the control socket first; a VM that does not answer (older VM, socket
+        // gone, process wedged) gets SIGTERM.
+        let asked = match control {
+            Some(path) => tokio::task::spawn_blocking(move || vmm::control::stop(&path))
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r.map_err(io::Error::other)),
+            None => Err(io::Error::other("no control socket")),
+        };
+        match asked {
+            Ok(()) => tracing::debug!(cvm_id = %id, "stop requested on the control socket"),
+            Err(e) => {
+                tracing::debug!(cvm_id = %id, error = %e, "control socket unavailable, sending SIGTERM");
+                pidfd_signal(&pidfd, libc::SIGTERM).map_err(VmError::Signal)?;
+            }
+        }
         let stop = self.cfg.stop_timeout;
         if tokio::time::timeout(stop, exited.wait_for(|x| *x))
             .await
@@ -449,6 +473,18 @@ impl Manager {
                 let _ = state::remove_vm_dir(&found.dir);
                 continue;
             };
+            // A VM that answers on its control socket must answer as this VM.
+            if let Some(status) = found
+                .dir
+                .control()
+                .filter(|p| p.exists())
+                .and_then(|p| vmm::control::status(&p).ok())
+            {
+                if status.name != rec.id || status.pid != rec.pid as u32 {
+                    tracing::warn!(cvm_id = %rec.id, pid = rec.pid, answered = %status.name, "control socket answers as another VM; not re-adopting");
+                    continue;
+                }
+            }
             let ttl = rec
                 .ttl_deadline_ms
                 .map(|d| Duration::from_millis(d.saturating_sub(now_ms())));

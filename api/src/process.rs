@@ -1,4 +1,4 @@
-//! VM processes: spawn `<exe> vm --spec FILE` with the forwarded port's listening socket as
+//! VM processes: spawn `<exe> vm --spec FILE [--control SOCKET]` with the forwarded port's listening socket as
 //! fd 3, open a pidfd to watch and signal it (no PID-reuse races), and read a process's start
 //! time so a re-adopted PID is known to be the same process; find and kill VM processes that
 //! a manager killed mid-CreateVm left without a record.
@@ -14,14 +14,24 @@ use std::time::Duration;
 /// The fd number the VM process finds its listening socket at.
 pub const LISTEN_FD: RawFd = 3;
 
-/// Starts the VM program. Its stdout and stderr go to `log`; it gets its own session so a
-/// terminal's Ctrl-C to the manager does not reach it; only `listener` is inherited (as fd 3).
-pub fn spawn_vm(exe: &Path, spec: &Path, log: &Path, listener: &impl AsRawFd) -> io::Result<Child> {
+/// Starts the VM program, with its control socket at `control` when given. Its stdout and
+/// stderr go to `log`; it gets its own session so a terminal's Ctrl-C to the manager does not
+/// reach it; only `listener` is inherited (as fd 3).
+pub fn spawn_vm(
+    exe: &Path,
+    spec: &Path,
+    log: &Path,
+    listener: &impl AsRawFd,
+    control: Option<&Path>,
+) -> io::Result<Child> {
     let out = File::options().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
     let fd = listener.as_raw_fd();
     let mut cmd = Command::new(exe);
     cmd.arg("vm").arg("--spec").arg(spec);
+    if let Some(c) = control {
+        cmd.arg("--control").arg(c);
+    }
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe calls (dup2, fcntl, setsid) on fds the parent keeps open until spawn returns.
@@ -144,10 +154,12 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
+        // While `sh` forks `sleep`, the child briefly carries the same arguments: wait for
+        // the steady state (bounded), in which only `sh` has them.
         let mut found = Vec::new();
         for _ in 0..100 {
             found = vm_processes(&spec);
-            if !found.is_empty() {
+            if found == [pid] {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));

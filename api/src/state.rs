@@ -1,7 +1,7 @@
 //! The state directory: one sub-directory per VM, `<state>/<cvm_id>/`, holding `vm.json` (the
 //! record a restarted manager re-adopts from), `spec.json` (the VmSpec, mode 0600: it carries
-//! the client key) and `console.log` (the VM process's output). Removing the directory
-//! removes everything a VM left on disk.
+//! the client key), `console.log` (the VM process's output) and `control.sock` (the VM
+//! process's control socket). Removing the directory removes everything a VM left on disk.
 
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
@@ -44,7 +44,16 @@ impl VmDir {
     pub fn timeline(&self) -> PathBuf {
         self.0.join("timeline.json")
     }
+    /// The VM process's control socket (status, stop), when its path fits a socket address
+    /// (`sun_path` holds 107 bytes); `None` for a state directory too deep for one.
+    pub fn control(&self) -> Option<PathBuf> {
+        let p = self.0.join("control.sock");
+        (p.as_os_str().len() <= MAX_SOCKET_PATH).then_some(p)
+    }
 }
+
+/// Longest path a unix socket can be bound at.
+pub const MAX_SOCKET_PATH: usize = 107;
 
 /// Creates the state directory (mode 0700).
 pub fn ensure_dir(path: &Path) -> io::Result<()> {

@@ -76,7 +76,11 @@ async fn create_hands_the_port_to_the_vm_and_remove_releases_everything() {
     assert!(fd3.starts_with("socket:"), "fd 3 of the VM is {fd3:?}");
     assert_eq!(
         std::fs::read_to_string(dir.join("args")).unwrap().trim(),
-        format!("vm --spec {}", dir.join("spec.json").display())
+        format!(
+            "vm --spec {} --control {}",
+            dir.join("spec.json").display(),
+            dir.join("control.sock").display()
+        )
     );
     TcpStream::connect(("127.0.0.1", port)).expect("the VM process holds the listening socket");
     assert_eq!(h.metric("manager_vms_running").await.as_deref(), Some("1"));

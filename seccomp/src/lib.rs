@@ -1,5 +1,5 @@
 //! Per-thread seccomp filters of cvmm, one declarative list per thread kind (main event loop,
-//! vCPU, network worker, 9p worker, thread spawner), compiled with seccompiler and installed by
+//! vCPU, network worker, 9p worker, thread spawner, control socket), compiled with seccompiler and installed by
 //! each thread right before it touches guest data.
 //!
 //! Filters stack: a thread inherits the filter of the thread that creates it. Device workers
@@ -36,16 +36,19 @@ pub enum ThreadKind {
     NineP,
     /// The thread that starts device workers while the guest runs.
     Spawner,
+    /// The VM process's control socket (status and stop requests from the manager).
+    Control,
 }
 
 impl ThreadKind {
     /// Every kind, for tests and docs.
-    pub const ALL: [ThreadKind; 5] = [
+    pub const ALL: [ThreadKind; 6] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Net,
         ThreadKind::NineP,
         ThreadKind::Spawner,
+        ThreadKind::Control,
     ];
 
     /// The name used in logs and by `CVMM_SECCOMP_SELFTEST`.
@@ -56,6 +59,7 @@ impl ThreadKind {
             ThreadKind::Net => "net",
             ThreadKind::NineP => "9p",
             ThreadKind::Spawner => "spawner",
+            ThreadKind::Control => "control",
         }
     }
 }

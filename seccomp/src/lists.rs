@@ -188,6 +188,18 @@ const NINEP: &[i64] = &[
     libc::SYS_flistxattr,
 ];
 
+/// The control socket: accept a manager connection, read one line, answer, and (on a stop
+/// request) signal the own process with SIGTERM.
+const CONTROL: &[i64] = &[
+    libc::SYS_accept4,
+    libc::SYS_accept,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_setsockopt,
+    libc::SYS_getpid,
+    libc::SYS_fcntl,
+];
+
 /// Starting threads: what `std::thread::spawn` does in the parent, and what each new thread
 /// does to install its own filter (which it inherits from the spawner's).
 const SPAWN: &[i64] = &[libc::SYS_clone, libc::SYS_clone3, libc::SYS_seccomp];
@@ -245,6 +257,14 @@ pub fn allowed(kind: ThreadKind) -> BTreeMap<i64, Vec<Cond>> {
             add(&mut m, POLLING);
             add(&mut m, NINEP);
             add_cond(&mut m, libc::SYS_ioctl, Cond::IoctlIn(&[FIONBIO]));
+        }
+        ThreadKind::Control => {
+            add(&mut m, CONTROL);
+            add_cond(
+                &mut m,
+                libc::SYS_kill,
+                Cond::Arg1In(&[libc::SIGTERM as u64]),
+            );
         }
         ThreadKind::Spawner => {
             // The union of the children it starts, plus thread creation.

@@ -5,6 +5,7 @@
 pub mod acpi;
 pub mod boot;
 pub mod console;
+pub mod control;
 pub mod cpuid;
 pub mod devices;
 pub mod error;

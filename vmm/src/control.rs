@@ -1,0 +1,328 @@
+//! The control socket of a VM process (`cvmm vm --control PATH`): a unix stream socket in the
+//! VM's state directory through which the manager asks for the VM's state and boot phases and
+//! asks it to stop. One JSON request line per connection, one JSON answer line:
+//!
+//! - `{"op":"status"}` → `{"name":..,"pid":..,"state":"running","phases":[{"phase":..,"us":..},..]}`
+//! - `{"op":"stop"}` → `{"ok":true}`, then the VM stops as on SIGTERM.
+//!
+//! Requests are bounded (a line of at most [`MAX_REQUEST`] bytes, read within [`IO_TIMEOUT`]);
+//! connections are served one at a time, so clients wait up to [`CLIENT_TIMEOUT`];
+//! anything else gets `{"error":...}` and the connection is closed. The server thread runs
+//! under its own seccomp filter.
+
+use crate::timeline::Timeline;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 256;
+/// How long one connection may take to send its request or read the answer.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a client waits for the server (which may be busy with another client).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of the control socket (server set-up and client calls), naming the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: bad answer {answer:?}")]
+    BadAnswer { path: PathBuf, answer: String },
+}
+
+/// What the server answers to `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub name: String,
+    pub pid: u32,
+    pub state: String,
+    pub phases: Vec<Phase>,
+}
+
+/// One boot phase, microseconds since the VM process started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phase {
+    pub phase: String,
+    pub us: u64,
+}
+
+#[derive(Deserialize)]
+struct Request {
+    op: String,
+}
+
+/// Called when a client asks the VM to stop.
+pub type StopHook = Box<dyn Fn() + Send>;
+
+/// A running control server (its thread ends with the process). The socket file stays: it
+/// lives in the VM's state directory, which its owner removes (a stale file is replaced at the
+/// next bind); the VM's own filters do not let it unlink files.
+pub struct ControlServer {
+    path: PathBuf,
+}
+
+impl ControlServer {
+    /// Where the socket is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A bound, not yet served control socket (bind it before file access is confined; serve it
+/// once the thread that serves it can inherit the confinement).
+pub struct BoundControl {
+    listener: UnixListener,
+    server: ControlServer,
+}
+
+/// Binds `path`, replacing a stale socket file (never another kind of file).
+pub fn bind(path: &Path) -> Result<BoundControl, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            std::fs::remove_file(path).map_err(io)?
+        }
+        _ => {}
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    Ok(BoundControl {
+        listener,
+        server: ControlServer {
+            path: path.to_path_buf(),
+        },
+    })
+}
+
+impl BoundControl {
+    /// Serves the socket from a thread named `control`.
+    pub fn serve(
+        self,
+        name: String,
+        timeline: Timeline,
+        on_stop: StopHook,
+    ) -> Result<ControlServer, ControlError> {
+        let BoundControl { listener, server } = self;
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || serve(listener, name, timeline, on_stop))
+            .map_err(|source| ControlError::Io {
+                path: server.path.clone(),
+                source,
+            })?;
+        tracing::debug!(socket = %server.path.display(), "control socket listening");
+        Ok(server)
+    }
+}
+
+/// Binds `path` and serves it at once (see [`bind`] and [`BoundControl::serve`]).
+pub fn start(
+    path: &Path,
+    name: String,
+    timeline: Timeline,
+    on_stop: StopHook,
+) -> Result<ControlServer, ControlError> {
+    bind(path)?.serve(name, timeline, on_stop)
+}
+
+fn serve(listener: UnixListener, name: String, timeline: Timeline, on_stop: StopHook) {
+    if let Err(e) = seccomp::install(seccomp::ThreadKind::Control) {
+        tracing::error!("control socket disabled: {e}");
+        return;
+    }
+    for conn in listener.incoming() {
+        match conn {
+            Ok(s) => {
+                if let Err(e) = handle(s, &name, &timeline, &on_stop) {
+                    tracing::debug!("control connection: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("control socket accept: {e}"),
+        }
+    }
+}
+
+fn handle(
+    stream: UnixStream,
+    name: &str,
+    timeline: &Timeline,
+    on_stop: &StopHook,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut line = String::new();
+    let read = BufReader::new((&stream).take(MAX_REQUEST as u64 + 1)).read_line(&mut line);
+    let mut out = &stream;
+    let answer = match serde_json::from_str::<Request>(line.trim_end()) {
+        _ if line.len() > MAX_REQUEST => error("request too long"),
+        _ if read.is_err() || line.is_empty() => error("no request line"),
+        Ok(r) if r.op == "status" => status_line(name, timeline),
+        Ok(r) if r.op == "stop" => {
+            out.write_all(b"{\"ok\":true}\n")?;
+            tracing::info!("stop requested on the control socket");
+            on_stop();
+            return Ok(());
+        }
+        Ok(r) => error(&format!("unknown op {:?}", r.op)),
+        Err(e) => error(&format!("bad request: {e}")),
+    };
+    out.write_all(answer.as_bytes())
+}
+
+fn error(msg: &str) -> String {
+    format!("{}\n", serde_json::json!({ "error": msg }))
+}
+
+fn status_line(name: &str, timeline: &Timeline) -> String {
+    let phases = timeline
+        .events()
+        .into_iter()
+        .map(|e| Phase {
+            phase: match (e.vcpu, e.code) {
+                (Some(v), _) => format!("{}[vcpu{v}]", e.phase),
+                (None, Some(c)) => format!("{}:{c:#04x}", e.phase),
+                (None, None) => e.phase,
+            },
+            us: e.us,
+        })
+        .collect();
+    let s = VmStatus {
+        name: name.to_string(),
+        pid: std::process::id(),
+        state: "running".into(),
+        phases,
+    };
+    format!(
+        "{}\n",
+        serde_json::to_string(&s).unwrap_or_else(|_| "{}".into())
+    )
+}
+
+fn call(path: &Path, request: &str) -> Result<String, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut s = UnixStream::connect(path).map_err(io)?;
+    s.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(io)?;
+    s.set_write_timeout(Some(CLIENT_TIMEOUT)).map_err(io)?;
+    s.write_all(request.as_bytes()).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(s.take(1 << 20))
+        .read_line(&mut answer)
+        .map_err(io)?;
+    Ok(answer)
+}
+
+/// Asks the VM behind `path` for its status.
+pub fn status(path: &Path) -> Result<VmStatus, ControlError> {
+    let answer = call(path, "{\"op\":\"status\"}\n")?;
+    serde_json::from_str(answer.trim_end()).map_err(|_| ControlError::BadAnswer {
+        path: path.to_path_buf(),
+        answer,
+    })
+}
+
+/// Asks the VM behind `path` to stop (it acknowledges before it starts stopping).
+pub fn stop(path: &Path) -> Result<(), ControlError> {
+    let answer = call(path, "{\"op\":\"stop\"}\n")?;
+    if answer.trim_end() == "{\"ok\":true}" {
+        Ok(())
+    } else {
+        Err(ControlError::BadAnswer {
+            path: path.to_path_buf(),
+            answer,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn sock(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("cvmm-ctl-{}-{tag}.sock", std::process::id()))
+    }
+
+    #[test]
+    fn status_lists_the_phases_and_stop_calls_the_hook() {
+        let path = sock("a");
+        let tl = Timeline::new();
+        tl.mark("kvm_vm_created");
+        tl.mark_vcpu("first_kvm_run", 0);
+        let stops = Arc::new(AtomicUsize::new(0));
+        let s2 = stops.clone();
+        let server = start(
+            &path,
+            "vm-1".into(),
+            tl,
+            Box::new(move || {
+                s2.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+        let st = status(&path).unwrap();
+        assert_eq!((st.name.as_str(), st.state.as_str()), ("vm-1", "running"));
+        assert_eq!(st.pid, std::process::id());
+        let names: Vec<_> = st.phases.iter().map(|p| p.phase.as_str()).collect();
+        assert_eq!(
+            names,
+            ["process_start", "kvm_vm_created", "first_kvm_run[vcpu0]"]
+        );
+        assert_eq!(stops.load(Ordering::SeqCst), 0);
+        stop(&path).unwrap();
+        // The hook runs right after the answer is written.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while stops.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(stops.load(Ordering::SeqCst), 1);
+        assert_eq!(server.path(), path);
+        let _ = std::fs::remove_file(&path);
+        assert!(matches!(status(&path), Err(ControlError::Io { .. })));
+    }
+
+    #[test]
+    fn bad_requests_get_errors_and_the_server_keeps_serving() {
+        let path = sock("b");
+        let _server = start(&path, "vm-2".into(), Timeline::new(), Box::new(|| {})).unwrap();
+        for bad in [
+            "not json\n".to_string(),
+            "{\"op\":\"reboot\"}\n".to_string(),
+            format!("{{\"op\":\"{}\"}}\n", "x".repeat(400)),
+            String::new(),
+        ] {
+            let a = call(&path, &bad).unwrap();
+            assert!(a.starts_with("{\"error\""), "{bad:?} -> {a:?}");
+        }
+        // A client that connects and says nothing is timed out, not served forever.
+        let idle = UnixStream::connect(&path).unwrap();
+        assert_eq!(status(&path).unwrap().name, "vm-2");
+        drop(idle);
+    }
+
+    #[test]
+    fn a_stale_socket_file_is_replaced_but_other_files_are_not() {
+        let path = sock("c");
+        let old = UnixListener::bind(&path).unwrap();
+        drop(old); // leaves the socket file behind, as a killed VM would
+        let server = start(&path, "vm-3".into(), Timeline::new(), Box::new(|| {})).unwrap();
+        assert_eq!(status(&path).unwrap().name, "vm-3");
+        drop(server);
+        let file = sock("d");
+        std::fs::write(&file, b"not a socket").unwrap();
+        assert!(start(&file, "x".into(), Timeline::new(), Box::new(|| {})).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"not a socket");
+        let _ = std::fs::remove_file(&file);
+    }
+}
