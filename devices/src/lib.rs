@@ -9,6 +9,7 @@ pub mod bus;
 pub mod chipset;
 pub mod firmware;
 pub mod interrupt;
+pub mod ioapic;
 pub mod legacy;
 pub mod net;
 pub mod p9;
