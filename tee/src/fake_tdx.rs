@@ -50,6 +50,7 @@ impl RecordingOps {
             (KVM_CAP_MEMORY_FAULT_INFO, 1),
             (KVM_CAP_EXIT_HYPERCALL, 1 << KVM_HC_MAP_GPA_RANGE),
             (KVM_CAP_SPLIT_IRQCHIP, 1),
+            (KVM_CAP_X86_APIC_BUS_CYCLES_NS, 1),
         ] {
             ops.caps.insert(cap, v);
         }

@@ -358,14 +358,39 @@ pub trait SharedMemory: Send + Sync {
     fn write(&self, gpa: u64, data: &[u8]) -> io::Result<()>;
 }
 
+/// Starts a GetQuote worker thread named by the first argument that runs the body. The VMM
+/// passes one that gives the thread its own seccomp filter.
+pub type Spawner = Arc<dyn Fn(&str, Box<dyn FnOnce() + Send>) -> io::Result<()> + Send + Sync>;
+
+/// The default [`Spawner`]: a plain `std::thread`.
+fn std_spawner() -> Spawner {
+    Arc::new(|name, body| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(body)
+            .map(|_| ())
+    })
+}
+
 /// Serves GetQuote requests: validates them, marks the buffer in flight, forwards the report to
 /// the QGS on a worker thread, writes the quote and status back and calls the completion hook
 /// (which injects the event-notify vector).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct QuoteService {
     qgs: Option<QgsAddr>,
     timeout: Duration,
     in_flight: Arc<AtomicUsize>,
+    spawner: Spawner,
+}
+
+impl fmt::Debug for QuoteService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuoteService")
+            .field("qgs", &self.qgs)
+            .field("timeout", &self.timeout)
+            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
+            .finish()
+    }
 }
 
 impl QuoteService {
@@ -375,7 +400,19 @@ impl QuoteService {
             qgs,
             timeout,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            spawner: std_spawner(),
         }
+    }
+
+    /// Starts the workers with `spawner` instead of `std::thread`.
+    pub fn with_spawner(mut self, spawner: Spawner) -> Self {
+        self.spawner = spawner;
+        self
+    }
+
+    /// Where requests go (`None`: nowhere, every request is answered QGS_UNAVAILABLE).
+    pub fn qgs(&self) -> Option<&QgsAddr> {
+        self.qgs.as_ref()
     }
 
     /// Handles one GetQuote exit and returns the TDVMCALL status for `kvm_run`. On SUCCESS
@@ -418,14 +455,15 @@ impl QuoteService {
             return TDVMCALL_STATUS_INVALID_OPERAND;
         }
         let (in_flight, timeout) = (self.in_flight.clone(), self.timeout);
-        let spawned = std::thread::Builder::new()
-            .name("tdx-quote".into())
-            .spawn(move || {
+        let spawned = (self.spawner)(
+            "tdx-quote",
+            Box::new(move || {
                 let result = request_quote(&qgs, &job.report, job.capacity, timeout);
                 complete(&*mem, &job, result);
                 in_flight.fetch_sub(1, Ordering::SeqCst);
                 done();
-            });
+            }),
+        );
         match spawned {
             Ok(_) => TDVMCALL_STATUS_SUCCESS,
             Err(e) => {

@@ -259,3 +259,47 @@ fn qgs_that_hangs_up_gives_error_status() {
     );
     server.join().unwrap();
 }
+
+#[test]
+fn workers_start_through_the_given_spawner() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qgs.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let (tx, _rx) = mpsc::channel();
+    let server = thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        fake_qgs_serve(s, tx, None, |r| qgs_response(&fake_quote(r)));
+    });
+    let names = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = names.clone();
+    let spawner: Spawner = Arc::new(move |name, body| {
+        seen.lock().unwrap().push(name.to_string());
+        thread::spawn(body);
+        Ok(())
+    });
+    let svc = QuoteService::new(Some(QgsAddr::Unix(path)), T).with_spawner(spawner);
+    let mem = Arc::new(VecMem::new(BUF, 0x1000));
+    guest_buffer(&mem, 1, &[7; 48]);
+    let (done_tx, done_rx) = mpsc::channel();
+    let ret = svc.get_quote(
+        mem.clone(),
+        BUF,
+        0x1000,
+        Box::new(move || done_tx.send(()).unwrap()),
+    );
+    assert_eq!(ret, TDVMCALL_STATUS_SUCCESS);
+    done_rx.recv_timeout(T).unwrap();
+    assert_eq!(*names.lock().unwrap(), ["tdx-quote"]);
+    assert_eq!(header(&mem).error_code, GET_QUOTE_SUCCESS);
+    server.join().unwrap();
+
+    // A spawner that cannot start the worker: the guest is told to retry, nothing stays in
+    // flight (the next request gets the same answer, not a full queue).
+    let failing: Spawner = Arc::new(|_, _| Err(io::Error::from_raw_os_error(libc::EAGAIN)));
+    let svc = QuoteService::new(Some(QgsAddr::Unix(dir.path().join("x"))), T).with_spawner(failing);
+    for _ in 0..(MAX_QUOTES_IN_FLIGHT + 2) {
+        let ret = svc.get_quote(mem.clone(), BUF, 0x1000, Box::new(|| ()));
+        assert_eq!(ret, TDVMCALL_STATUS_RETRY);
+    }
+    assert!(format!("{svc:?}").contains("in_flight: 0"), "{svc:?}");
+}

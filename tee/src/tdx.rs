@@ -1,7 +1,7 @@
 //! The Intel TDX launch sequence on upstream KVM (Linux ≥ 6.16, spec §6), written against
 //! [`TeeOps`] like the SNP one. Order: capability checks, `KVM_CREATE_VM(TDX)`,
-//! `KVM_TDX_CAPABILITIES` (grown on `-E2BIG`), split irqchip and `KVM_CAP_EXIT_HYPERCALL`,
-//! `KVM_TDX_INIT_VM` (before any vCPU), guest_memfd + memslots + PRIVATE, vCPUs with CPUID,
+//! `KVM_TDX_CAPABILITIES` (grown on `-E2BIG`), split irqchip, `KVM_CAP_EXIT_HYPERCALL` and the
+//! 25 MHz APIC bus (`KVM_CAP_X86_APIC_BUS_CYCLES_NS`), `KVM_TDX_INIT_VM` (before any vCPU), guest_memfd + memslots + PRIVATE, vCPUs with CPUID,
 //! the TD HOB, `KVM_TDX_INIT_VCPU(RCX = HOB)` for every vCPU, `KVM_TDX_INIT_MEM_REGION` per
 //! plan range on vCPU 0, `KVM_TDX_FINALIZE_VM`. The plan is the one [`TdxPlan::mrtd`] hashes.
 
@@ -12,7 +12,7 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 use crate::plan::MAX_VCPUS;
 use crate::snp::{RamRegion, TeeOps};
 use crate::tdhob::{build_td_hob, ram_entries};
-use crate::tdx_plan::TdxPlan;
+use crate::tdx_plan::{RegionOrigin, TdxPlan};
 use crate::uapi::*;
 use crate::TeeError;
 
@@ -22,8 +22,12 @@ pub struct TdxConfig {
     pub vcpus: u32,
     /// TD attributes (e.g. bit 28 SEPT_VE_DISABLE); must be within `supported_attrs`.
     pub attributes: u64,
-    /// Extended features (XCR0 | IA32_XSS bits); must be within `supported_xfam`.
+    /// Extended features (XCR0 | IA32_XSS bits) the TD must have; must be within
+    /// `supported_xfam`.
     pub xfam: u64,
+    /// Extended features the TD gets if KVM reports them in `supported_xfam` (e.g. what the
+    /// host CPUID offers); the others are left out.
+    pub xfam_optional: u64,
     /// 48-byte values that land verbatim in the TD report.
     pub mrconfigid: [u8; 48],
     pub mrowner: [u8; 48],
@@ -48,6 +52,24 @@ pub struct TdxCapabilities {
     pub user_tdvmcallinfo_1_r12: u64,
     /// The configurable CPUID bits.
     pub cpuid: Vec<KvmCpuidEntry2>,
+}
+
+/// What the launcher reports as it goes (for boot timelines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TdxProgress {
+    /// `KVM_TDX_INIT_VM` done: the TD exists with its attributes, XFAM and CPUID.
+    Started,
+    /// One `KVM_TDX_INIT_MEM_REGION` range done: where, how many 4 KiB pages, whether its
+    /// contents were measured (MR.EXTEND), where it came from, and how long it took.
+    Region {
+        gpa: u64,
+        pages: u64,
+        measured: bool,
+        origin: RegionOrigin,
+        micros: u64,
+    },
+    /// `KVM_TDX_FINALIZE_VM` done: MRTD is final.
+    Finished,
 }
 
 /// Initial CPUID array size of `KVM_TDX_CAPABILITIES` (doubled on `-E2BIG`), and its cap.
@@ -91,11 +113,27 @@ pub fn filter_cpuid(cpuid: &[KvmCpuidEntry2], config: &[KvmCpuidEntry2]) -> Vec<
 /// Runs the TDX launch of a plan.
 pub struct TdxLauncher<'a, O: TeeOps> {
     ops: &'a mut O,
+    progress: Option<Box<dyn FnMut(TdxProgress) + 'a>>,
 }
 
 impl<'a, O: TeeOps> TdxLauncher<'a, O> {
     pub fn new(ops: &'a mut O) -> Self {
-        TdxLauncher { ops }
+        TdxLauncher {
+            ops,
+            progress: None,
+        }
+    }
+
+    /// Reports the launch's progress to `f`.
+    pub fn with_progress(mut self, f: impl FnMut(TdxProgress) + 'a) -> Self {
+        self.progress = Some(Box::new(f));
+        self
+    }
+
+    fn report(&mut self, p: TdxProgress) {
+        if let Some(f) = self.progress.as_mut() {
+            f(p);
+        }
     }
 
     /// Issues the whole launch; writes the TD HOB into the plan's TD_HOB range. Returns the
@@ -113,14 +151,26 @@ impl<'a, O: TeeOps> TdxLauncher<'a, O> {
         let caps = self.capabilities()?;
         check_within("attributes", cfg.attributes, caps.supported_attrs)?;
         check_within("xfam", cfg.xfam, caps.supported_xfam)?;
+        let xfam = cfg.xfam | (cfg.xfam_optional & caps.supported_xfam);
         self.ops
             .enable_cap(KVM_CAP_SPLIT_IRQCHIP, SPLIT_IRQCHIP_IOAPIC_PINS)
             .map_err(|e| ioctl_err("KVM_ENABLE_CAP", "KVM_CAP_SPLIT_IRQCHIP(24)", e))?;
         self.ops
             .enable_cap(KVM_CAP_EXIT_HYPERCALL, 1 << KVM_HC_MAP_GPA_RANGE)
             .map_err(|e| ioctl_err("KVM_ENABLE_CAP", "KVM_CAP_EXIT_HYPERCALL(1 << 12)", e))?;
+        // The local APIC timer counts at the 25 MHz the TDX module reports in CPUID 0x15.
+        self.ops
+            .enable_cap(KVM_CAP_X86_APIC_BUS_CYCLES_NS, TDX_APIC_BUS_CYCLES_NS)
+            .map_err(|e| {
+                ioctl_err(
+                    "KVM_ENABLE_CAP",
+                    "KVM_CAP_X86_APIC_BUS_CYCLES_NS(40): 25 MHz APIC bus",
+                    e,
+                )
+            })?;
         let cpuid = filter_cpuid(&cfg.cpuid, &caps.cpuid);
-        self.init_vm(cfg, &cpuid)?;
+        self.init_vm(cfg, xfam, &cpuid)?;
+        self.report(TdxProgress::Started);
         self.memory(cfg)?;
         for id in 0..cfg.vcpus {
             self.ops
@@ -147,7 +197,15 @@ impl<'a, O: TeeOps> TdxLauncher<'a, O> {
             })?;
         }
         for r in &plan.regions {
+            let t0 = std::time::Instant::now();
             self.init_mem_region(r.gpa, r.data.as_bytes(), r.measure)?;
+            self.report(TdxProgress::Region {
+                gpa: r.gpa,
+                pages: r.pages(),
+                measured: r.measure,
+                origin: r.origin,
+                micros: t0.elapsed().as_micros() as u64,
+            });
         }
         let mut cmd = KvmTdxCmd {
             id: KVM_TDX_FINALIZE_VM,
@@ -160,9 +218,11 @@ impl<'a, O: TeeOps> TdxLauncher<'a, O> {
                 e,
             )
         })?;
+        self.report(TdxProgress::Finished);
         tracing::info!(
             vcpus = cfg.vcpus,
             regions = plan.regions.len(),
+            xfam = format!("{xfam:#x}"),
             "TDX launch finalized"
         );
         Ok(caps)
@@ -195,6 +255,11 @@ impl<'a, O: TeeOps> TdxLauncher<'a, O> {
                 1 << KVM_HC_MAP_GPA_RANGE,
             ),
             (KVM_CAP_SPLIT_IRQCHIP, "KVM_CAP_SPLIT_IRQCHIP", 1),
+            (
+                KVM_CAP_X86_APIC_BUS_CYCLES_NS,
+                "KVM_CAP_X86_APIC_BUS_CYCLES_NS",
+                1,
+            ),
         ];
         for (cap, name, mask) in needs {
             let v = self.ops.check_extension(cap).unwrap_or(0);
@@ -230,10 +295,15 @@ impl<'a, O: TeeOps> TdxLauncher<'a, O> {
         }
     }
 
-    fn init_vm(&mut self, cfg: &TdxConfig, cpuid: &[KvmCpuidEntry2]) -> Result<(), TeeError> {
+    fn init_vm(
+        &mut self,
+        cfg: &TdxConfig,
+        xfam: u64,
+        cpuid: &[KvmCpuidEntry2],
+    ) -> Result<(), TeeError> {
         let mut head = KvmTdxInitVm::new_zeroed();
         head.attributes = cfg.attributes;
-        head.xfam = cfg.xfam;
+        head.xfam = xfam;
         head.mrconfigid = cfg.mrconfigid;
         head.mrowner = cfg.mrowner;
         head.mrownerconfig = cfg.mrownerconfig;
@@ -256,7 +326,7 @@ impl<'a, O: TeeOps> TdxLauncher<'a, O> {
                             "attributes {:#x} xfam {:#x} {} cpuid entries, {retries} retries, \
                              hw_error {:#x}",
                             cfg.attributes,
-                            cfg.xfam,
+                            xfam,
                             cpuid.len(),
                             cmd.hw_error
                         ),

@@ -18,6 +18,7 @@ fn config(vcpus: u32) -> TdxConfig {
         vcpus,
         attributes: 0x1000_0000,
         xfam: 0x6_00e7,
+        xfam_optional: 0,
         mrconfigid: [0x11; 48],
         mrowner: [0x22; 48],
         mrownerconfig: [0x33; 48],
@@ -97,6 +98,7 @@ fn sequence_is_in_spec_order() {
             "TDX_CAPABILITIES",
             "KVM_ENABLE_CAP",
             "KVM_ENABLE_CAP",
+            "KVM_ENABLE_CAP",
             "TDX_INIT_VM",
             "KVM_CREATE_GUEST_MEMFD",
             "KVM_SET_USER_MEMORY_REGION2",
@@ -138,7 +140,7 @@ fn split_irqchip_and_map_gpa_exits_are_enabled() {
             (cap, u64::from_le_bytes(c.bytes[4..].try_into().unwrap()))
         })
         .collect();
-    assert_eq!(caps, [(121, 24), (201, 1 << 12)]);
+    assert_eq!(caps, [(121, 24), (201, 1 << 12), (237, 40)]);
 }
 
 #[test]
@@ -352,6 +354,61 @@ fn host_without_tdx_fails_before_creating_anything() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("KVM_CAP_SPLIT_IRQCHIP"), "{e}");
+
+    let mut ops = RecordingOps::tdx_host();
+    ops.caps.remove(&KVM_CAP_X86_APIC_BUS_CYCLES_NS);
+    let e = launch(&mut ops, &mut plan(), &config(1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("KVM_CAP_X86_APIC_BUS_CYCLES_NS = 0x0"), "{e}");
+    assert!(ops.names().iter().all(|n| *n == "KVM_CHECK_EXTENSION"));
+}
+
+#[test]
+fn optional_xfam_bits_are_kept_only_where_kvm_supports_them() {
+    let mut ops = RecordingOps::tdx_host();
+    let mut cfg = config(1);
+    // Required x87|SSE; optional AVX (2), PKRU (9), AMX (17, 18) and bit 20, which the fake
+    // host's supported_xfam (0x602ff) lacks.
+    cfg.xfam = 0x3;
+    cfg.xfam_optional = 0x4 | 0x200 | 0x6_0000 | 1 << 20;
+    launch(&mut ops, &mut plan(), &cfg).unwrap();
+    let call = ops.calls.iter().find(|c| c.ioctl == "TDX_INIT_VM").unwrap();
+    let (head, _) = KvmTdxInitVm::read_from_prefix(&call.bytes).unwrap();
+    assert_eq!(head.xfam, 0x6_0207);
+}
+
+#[test]
+fn progress_reports_start_every_region_and_finish() {
+    let mut ops = RecordingOps::tdx_host();
+    let mut p = plan();
+    let mut seen = Vec::new();
+    TdxLauncher::new(&mut ops)
+        .with_progress(|e| seen.push(e))
+        .launch(&mut p, &config(1))
+        .unwrap();
+    assert_eq!(seen.first(), Some(&TdxProgress::Started));
+    assert_eq!(seen.last(), Some(&TdxProgress::Finished));
+    let regions: Vec<(u64, u64, bool, RegionOrigin)> = seen[1..seen.len() - 1]
+        .iter()
+        .map(|e| match *e {
+            TdxProgress::Region {
+                gpa,
+                pages,
+                measured,
+                origin,
+                ..
+            } => (gpa, pages, measured, origin),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let want: Vec<_> = p
+        .regions
+        .iter()
+        .map(|r| (r.gpa, r.pages(), r.measure, r.origin))
+        .collect();
+    assert_eq!(regions, want);
+    assert_eq!(regions.len(), 4);
 }
 
 #[test]

@@ -200,6 +200,12 @@ pub struct KvmTdxInitMemRegion {
 pub const KVM_CAP_SPLIT_IRQCHIP: u32 = 121;
 /// IOAPIC pins routed through the split irqchip (`args[0]` of the capability).
 pub const SPLIT_IRQCHIP_IOAPIC_PINS: u64 = 24;
+/// `KVM_CAP_X86_APIC_BUS_CYCLES_NS`: the local APIC timer's bus period (VM, before vCPUs).
+pub const KVM_CAP_X86_APIC_BUS_CYCLES_NS: u32 = 237;
+/// The TDX module fixes the core crystal clock at 25 MHz: 40 ns per APIC bus cycle.
+pub const TDX_APIC_BUS_CYCLES_NS: u64 = 40;
+/// XFAM bits every TD has: x87 and SSE state.
+pub const TDX_XFAM_REQUIRED: u64 = 0x3;
 /// `kvm_cpuid_entry2.flags`: the entry depends on the sub-leaf index.
 pub const KVM_CPUID_FLAG_SIGNIFCANT_INDEX: u32 = 1;
 
