@@ -1,11 +1,12 @@
 //! Per-thread seccomp filters of cvmm, one declarative list per thread kind (main event loop,
-//! vCPU, network worker, 9p worker, thread spawner, control socket), compiled with seccompiler and installed by
-//! each thread right before it touches guest data.
+//! vCPU, network worker, 9p worker, thread spawner, control socket, TDX quote worker), compiled
+//! with seccompiler and installed by each thread right before it touches guest data.
 //!
 //! Filters stack: a thread inherits the filter of the thread that creates it. Device workers
 //! are started while the guest runs, so they are created by a dedicated spawner thread (started
 //! before any filter) whose filter is the union of its children's lists; each child then
-//! narrows itself to its own list. vCPU threads never create threads.
+//! narrows itself to its own list. vCPU threads never create threads themselves: a TD's GetQuote
+//! worker is started by the spawner too.
 //!
 //! The mode is process-wide ([`set_mode`]); until it is set nothing is filtered (unit tests of
 //! other crates spawn workers freely). `CVMM_SECCOMP_SELFTEST=<kind>` makes the thread of that
@@ -38,17 +39,21 @@ pub enum ThreadKind {
     Spawner,
     /// The VM process's control socket (status and stop requests from the manager).
     Control,
+    /// A TDX GetQuote worker: one client connection to the host's Quote Generation Service,
+    /// the guest buffer by copies, and `KVM_SIGNAL_MSI` for the completion interrupt.
+    Quote,
 }
 
 impl ThreadKind {
     /// Every kind, for tests and docs.
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Net,
         ThreadKind::NineP,
         ThreadKind::Spawner,
         ThreadKind::Control,
+        ThreadKind::Quote,
     ];
 
     /// The name used in logs and by `CVMM_SECCOMP_SELFTEST`.
@@ -60,6 +65,7 @@ impl ThreadKind {
             ThreadKind::NineP => "9p",
             ThreadKind::Spawner => "spawner",
             ThreadKind::Control => "control",
+            ThreadKind::Quote => "quote",
         }
     }
 }

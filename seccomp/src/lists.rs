@@ -168,6 +168,22 @@ const NET: &[i64] = &[
     libc::SYS_fcntl,
 ];
 
+/// A TDX GetQuote worker: a client socket to the QGS (vsock, unix or tcp) with timeouts.
+const QUOTE: &[i64] = &[
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_shutdown,
+    libc::SYS_fcntl,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+];
+
 /// The 9p server: read-only access below the share's root fd.
 const NINEP: &[i64] = &[
     libc::SYS_openat,
@@ -266,9 +282,14 @@ pub fn allowed(kind: ThreadKind) -> BTreeMap<i64, Vec<Cond>> {
                 Cond::Arg1In(&[libc::SIGTERM as u64]),
             );
         }
+        ThreadKind::Quote => {
+            add(&mut m, QUOTE);
+            // KVM_SIGNAL_MSI: the completion interrupt the guest registered.
+            add_cond(&mut m, libc::SYS_ioctl, Cond::IoctlKvm);
+        }
         ThreadKind::Spawner => {
             // The union of the children it starts, plus thread creation.
-            for child in [ThreadKind::Net, ThreadKind::NineP] {
+            for child in [ThreadKind::Net, ThreadKind::NineP, ThreadKind::Quote] {
                 for (nr, conds) in allowed(child) {
                     for c in conds {
                         if c == Cond::Always {

@@ -42,6 +42,7 @@ fn forbidden_for(kind: ThreadKind) -> i64 {
         ThreadKind::Main => libc::SYS_socket,
         ThreadKind::Spawner => libc::SYS_execve,
         ThreadKind::Control => libc::SYS_socket, // it only serves its bound socket
+        ThreadKind::Quote => libc::SYS_bind,     // a client only
     }
 }
 
@@ -103,7 +104,7 @@ fn vcpu_ioctls_are_limited_to_kvm_requests() {
 #[test]
 fn the_spawner_holds_the_union_of_its_children() {
     let spawner = allowed(ThreadKind::Spawner);
-    for child in [ThreadKind::Net, ThreadKind::NineP] {
+    for child in [ThreadKind::Net, ThreadKind::NineP, ThreadKind::Quote] {
         for nr in allowed(child).keys() {
             assert!(spawner.contains_key(nr), "{} syscall {nr}", child.name());
         }
@@ -211,4 +212,29 @@ fn tee_launch_commands_are_refused_once_filters_are_on() {
         });
         assert!(killed_by_sigsys(st), "{}: status {st:#x}", kind.name());
     }
+}
+
+#[test]
+fn quote_workers_reach_a_qgs_and_signal_msis_but_nothing_else() {
+    // A vsock client socket and a (failing) KVM_SIGNAL_MSI are allowed.
+    let st = in_filtered_child(ThreadKind::Quote, Mode::Kill, || {
+        // SAFETY: socket(2) with constant arguments; the fd is closed by _exit.
+        unsafe { libc::syscall(libc::SYS_socket, libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
+        // SAFETY: KVM_SIGNAL_MSI (_IOW(0xAE, 0xa5, 32 bytes)) on an invalid fd: EBADF.
+        unsafe { libc::ioctl(-1, 0x4020_aea5u64 as _, 0) };
+    });
+    assert!(exited_ok(st), "status {st:#x}");
+    // Not a server, and no launch commands.
+    for nr in [libc::SYS_bind, libc::SYS_listen, libc::SYS_accept4] {
+        let st = in_filtered_child(ThreadKind::Quote, Mode::Kill, || {
+            // SAFETY: refused before the (invalid) arguments are read.
+            unsafe { libc::syscall(nr, -1, 0, 0) };
+        });
+        assert!(killed_by_sigsys(st), "syscall {nr}: status {st:#x}");
+    }
+    let st = in_filtered_child(ThreadKind::Quote, Mode::Kill, || {
+        // SAFETY: refused before the (null) argument is read.
+        unsafe { libc::ioctl(-1, lists::KVM_MEMORY_ENCRYPT_OP as _, 0) };
+    });
+    assert!(killed_by_sigsys(st), "status {st:#x}");
 }
