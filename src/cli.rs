@@ -125,6 +125,10 @@ struct RunArgs {
     /// Guest network: user (virtio-net with the built-in NAT) or none.
     #[arg(long, default_value = "user")]
     net: String,
+    /// Interrupt controllers: kernel (KVM's PIC, IOAPIC and PIT) or split (local APICs in
+    /// KVM, cvmm's IOAPIC, no PIC and no PIT). TDX guests always use split.
+    #[arg(long, default_value = "kernel")]
+    irqchip: String,
 }
 
 #[derive(Args)]
@@ -409,6 +413,7 @@ impl RunArgs {
             cpu: self.cpu,
             serial: parse_serial(&self.serial)?,
             timeline: self.timeline,
+            irqchip: vmm::spec::IrqChip::parse(&self.irqchip)?,
             ..Default::default()
         })
     }

@@ -43,6 +43,9 @@ pub struct AcpiPlatform {
     pub mmio64: Option<(u64, u64)>,
     /// Firmware boot: ICH9 PM block, FACS, 8259s present. Direct boot: hardware-reduced.
     pub q35: bool,
+    /// Split irqchip: cvmm's IOAPIC and no 8259s or PIT, so the MADT neither claims
+    /// PC-AT compatibility nor overrides ISA IRQ 0 for a PIT.
+    pub split_irqchip: bool,
 }
 
 impl AcpiPlatform {
@@ -53,6 +56,7 @@ impl AcpiPlatform {
             mmio32: (PCI_MMIO_START, PCI_MMIO_SIZE),
             mmio64: None,
             q35: false,
+            split_irqchip: false,
         }
     }
 
@@ -63,7 +67,21 @@ impl AcpiPlatform {
             mmio32: (Q35_MMIO32_START, Q35_MMIO32_END - Q35_MMIO32_START),
             mmio64,
             q35: true,
+            split_irqchip: false,
         }
+    }
+
+    /// The same platform with the split irqchip (or not).
+    pub fn with_split_irqchip(self, split: bool) -> Self {
+        Self {
+            split_irqchip: split,
+            ..self
+        }
+    }
+
+    /// Whether the 8259 pair exists (MADT PCAT_COMPAT).
+    fn pcat_compat(&self) -> bool {
+        self.q35 && !self.split_irqchip
     }
 
     fn s5_slp_typ(&self) -> u8 {
@@ -271,7 +289,7 @@ fn dsdt(p: &AcpiPlatform) -> Sdt {
 fn madt(vcpus: u32, p: &AcpiPlatform) -> Sdt {
     let mut t = Sdt::new(*b"APIC", 44, 5, OEM_ID, OEM_TABLE, 1);
     t.write_u32(36, LAPIC_ADDR);
-    t.write_u32(40, u32::from(p.q35)); // PCAT_COMPAT: the 8259s exist on q35
+    t.write_u32(40, u32::from(p.pcat_compat())); // PCAT_COMPAT: the 8259s exist
     for id in 0..vcpus {
         if id < 255 {
             // Processor Local APIC: type 0, length 8, UID, APIC id, flags (enabled).
@@ -294,8 +312,10 @@ fn madt(vcpus: u32, p: &AcpiPlatform) -> Sdt {
     io[2] = 0; // an id no vCPU uses would be cleaner, but Linux renumbers it anyway
     io[4..8].copy_from_slice(&IOAPIC_ADDR.to_le_bytes());
     t.append_slice(&io);
-    // Interrupt source override: ISA IRQ 0 (PIT) -> GSI 2, as KVM's IOAPIC wires it.
-    t.append_slice(&[2, 10, 0, 0, 2, 0, 0, 0, 0, 0]);
+    if !p.split_irqchip {
+        // Interrupt source override: ISA IRQ 0 (PIT) -> GSI 2, as KVM's IOAPIC wires it.
+        t.append_slice(&[2, 10, 0, 0, 2, 0, 0, 0, 0, 0]);
+    }
     if p.q35 {
         // The SCI (IRQ 9): level-triggered, active high, as on ICH9.
         t.append_slice(&[2, 10, 0, 9, 9, 0, 0, 0, 0x0d, 0]);
@@ -320,6 +340,11 @@ fn mcfg(p: &AcpiPlatform) -> Sdt {
 /// Builds the tables for `vcpus` vCPUs, writes them at [`ACPI_START`] and returns the RSDP
 /// address.
 pub fn write_tables(mem: &GuestMem, vcpus: u32) -> Result<u64> {
+    write_tables_for(mem, vcpus, &AcpiPlatform::direct())
+}
+
+/// [`write_tables`] for a direct-boot platform `p` (e.g. with the split irqchip).
+pub fn write_tables_for(mem: &GuestMem, vcpus: u32, p: &AcpiPlatform) -> Result<u64> {
     let rsdp_addr = ACPI_START;
     let mut next = rsdp_addr + 64; // RSDP is 36 bytes; keep 16-byte alignment
     let mut place = |len: usize| {
@@ -327,14 +352,13 @@ pub fn write_tables(mem: &GuestMem, vcpus: u32) -> Result<u64> {
         next = (next + len as u64 + 15) & !15;
         at
     };
-    let p = AcpiPlatform::direct();
-    let dsdt = dsdt(&p);
+    let dsdt = dsdt(p);
     let dsdt_addr = place(dsdt.len());
     let fadt = fadt(dsdt_addr);
     let fadt_addr = place(fadt.len());
-    let madt = madt(vcpus, &p);
+    let madt = madt(vcpus, p);
     let madt_addr = place(madt.len());
-    let mcfg = mcfg(&p);
+    let mcfg = mcfg(p);
     let mcfg_addr = place(mcfg.len());
     let mut xsdt = Sdt::new(*b"XSDT", 36, 1, OEM_ID, OEM_TABLE, 1);
     for a in [fadt_addr, madt_addr, mcfg_addr] {
@@ -397,7 +421,8 @@ pub fn tables_for_dump(vcpus: u32, p: &AcpiPlatform) -> Vec<(&'static str, Vec<u
 }
 
 /// The tables a VM built from `spec` gets (`--dump-acpi`): firmware boot takes the q35
-/// platform with the 64-bit window sized from the host's physical address width.
+/// platform with the 64-bit window sized from the host's physical address width; the split
+/// irqchip (`--irqchip split`, and every TDX guest) changes the MADT.
 pub fn tables_for_spec(spec: &crate::spec::VmSpec) -> Vec<(&'static str, Vec<u8>)> {
     let p = if spec.firmware.is_some() {
         let max_ext = std::arch::x86_64::__cpuid(0x8000_0000).eax;
@@ -410,7 +435,9 @@ pub fn tables_for_spec(spec: &crate::spec::VmSpec) -> Vec<(&'static str, Vec<u8>
     } else {
         AcpiPlatform::direct()
     };
-    tables_for_dump(spec.vcpus, &p)
+    let split =
+        spec.irqchip == crate::spec::IrqChip::Split || spec.tee == crate::spec::TeeMode::Tdx;
+    tables_for_dump(spec.vcpus, &p.with_split_irqchip(split))
 }
 
 #[cfg(test)]
@@ -490,6 +517,51 @@ mod tests {
             i += len.max(2);
         }
         n
+    }
+
+    /// MADT entries after the 44-byte header: (type, bytes).
+    fn madt_entries(madt: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut i = 44;
+        while i + 2 <= madt.len() {
+            let len = usize::from(madt[i + 1]).max(2);
+            out.push((madt[i], madt[i..(i + len).min(madt.len())].to_vec()));
+            i += len;
+        }
+        out
+    }
+
+    #[test]
+    fn split_irqchip_madt_claims_no_8259s_and_no_pit_override() {
+        for p in [AcpiPlatform::direct(), AcpiPlatform::q35(None)] {
+            let kernel = madt(2, &p);
+            let split = madt(2, &p.clone().with_split_irqchip(true));
+            assert_eq!(sum(split.as_slice()), 0);
+            let flags = |t: &Sdt| u32::from_le_bytes(t.as_slice()[40..44].try_into().unwrap());
+            assert_eq!(flags(&kernel), u32::from(p.q35), "q35 {}", p.q35);
+            assert_eq!(flags(&split), 0, "PCAT_COMPAT clear (q35 {})", p.q35);
+            let isos = |t: &Sdt| -> Vec<(u8, u32)> {
+                madt_entries(t.as_slice())
+                    .into_iter()
+                    .filter(|(ty, _)| *ty == 2)
+                    .map(|(_, e)| (e[3], u32::from_le_bytes(e[4..8].try_into().unwrap())))
+                    .collect()
+            };
+            assert!(
+                isos(&kernel).contains(&(0, 2)),
+                "PIT override with KVM's PIT"
+            );
+            assert!(!isos(&split).iter().any(|&(irq, _)| irq == 0), "no PIT");
+            // The IOAPIC is still there, at the same address.
+            let ioapic = |t: &Sdt| {
+                madt_entries(t.as_slice())
+                    .into_iter()
+                    .find(|(ty, _)| *ty == 1)
+                    .map(|(_, e)| u32::from_le_bytes(e[4..8].try_into().unwrap()))
+            };
+            assert_eq!(ioapic(&split), Some(IOAPIC_ADDR));
+            assert_eq!(ioapic(&kernel), ioapic(&split));
+        }
     }
 
     #[test]

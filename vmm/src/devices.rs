@@ -4,7 +4,7 @@
 
 use crate::acpi::{Q35_MMIO32_END, Q35_MMIO32_START};
 use crate::error::{Result, VmmError};
-use crate::irq::{KvmIoEvents, KvmMsiRouter};
+use crate::irq::{GsiRouting, KvmIoEvents};
 use crate::layout::*;
 use crate::spec::{ShareSource, VmSpec};
 use devices::bus::{MmioBus, PioBus};
@@ -16,7 +16,6 @@ use devices::p9::virtio::Virtio9p;
 use devices::p9::{DirectoryShare, MemoryShare, NinePConfig, Share};
 use devices::pci::{PciBarWindow, PciBus, PciConfigIo, PciConfigMmio, PciWindow};
 use devices::virtio::{GuestMem, VirtioDevice, VirtioPciDevice};
-use kvm_ioctls::VmFd;
 use std::sync::{Arc, Mutex};
 
 /// The NIC with its user-mode network and the spec's port forwards (sockets bound or
@@ -83,19 +82,19 @@ pub enum PciPlatform {
 }
 
 /// Builds the PCI bus with the spec's virtio devices and maps it on the buses; port 0xCF9
-/// resets the VM through `stop`.
+/// resets the VM through `stop`. MSI-X vectors are routed through the VM's `routing` table.
 pub fn attach_pci(
     spec: &VmSpec,
     platform: PciPlatform,
-    vm: &Arc<VmFd>,
+    routing: &Arc<GsiRouting>,
     mem: &GuestMem,
     buses: (&mut PioBus, &mut MmioBus),
     stop: &StopSignal,
     timeline: &crate::timeline::Timeline,
 ) -> Result<Arc<Mutex<PciBus>>> {
     let (pio, mmio) = buses;
-    let router = Arc::new(KvmMsiRouter::new(vm.clone()));
-    let ioevents = Arc::new(KvmIoEvents::new(vm.clone()));
+    let router = routing.clone();
+    let ioevents = Arc::new(KvmIoEvents::new(routing.vm().clone()));
     let (bus, ecam, windows) = match platform {
         PciPlatform::Direct => (
             PciBus::new(

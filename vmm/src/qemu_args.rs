@@ -307,6 +307,9 @@ fn resolve(mut c: Collected) -> Result<QemuInvocation, QemuArgsError> {
     if let Some(cpu) = c.cpu {
         spec.cpu = cpu;
     }
+    if let Some(chip) = c.irqchip {
+        spec.irqchip = chip;
+    }
     match &tee {
         Some(TeeOptions::Snp(o)) => {
             spec.snp = crate::spec::SnpSettings {

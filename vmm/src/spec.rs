@@ -116,6 +116,37 @@ pub enum TeeMode {
     Tdx,
 }
 
+/// Where the interrupt controllers live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IrqChip {
+    /// KVM's PIC, IOAPIC and PIT (`KVM_CREATE_IRQCHIP`, `KVM_CREATE_PIT2`).
+    #[default]
+    Kernel,
+    /// `KVM_CAP_SPLIT_IRQCHIP`: local APICs in KVM, cvmm's IOAPIC in userspace, no PIC and no
+    /// PIT (KVM's PIT needs its PIC). TDX guests always get this.
+    Split,
+}
+
+impl IrqChip {
+    /// Parses `kernel` or `split`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "kernel" => Ok(IrqChip::Kernel),
+            "split" => Ok(IrqChip::Split),
+            _ => Err(format!("--irqchip '{s}': expected kernel or split")),
+        }
+    }
+
+    /// The name `--irqchip` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            IrqChip::Kernel => "kernel",
+            IrqChip::Split => "split",
+        }
+    }
+}
+
 /// SEV-SNP launch settings (QEMU's `sev-snp-guest` properties, the manager's
 /// `MANAGER_QEMU_SEV_SNP_*`); unset values come from the host's CPUID or the defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -208,6 +239,9 @@ pub struct VmSpec {
     /// Whether the VM gets its virtio-net NIC with the user-mode network.
     #[serde(default = "default_true")]
     pub net: bool,
+    /// Interrupt controllers: in KVM, or split (IOAPIC in cvmm). Ignored for TDX (split).
+    #[serde(default)]
+    pub irqchip: IrqChip,
 }
 
 fn default_true() -> bool {
@@ -241,6 +275,7 @@ impl Default for VmSpec {
             snp: SnpSettings::default(),
             tdx: TdxSettings::default(),
             net: true,
+            irqchip: IrqChip::Kernel,
         }
     }
 }
@@ -315,5 +350,24 @@ mod tests {
         assert_eq!(spec.cpu, "host");
         assert_eq!(spec.serial, SerialSpec::Stdio);
         assert!(spec.forwards.is_empty());
+        assert_eq!(spec.irqchip, IrqChip::Kernel);
+    }
+
+    #[test]
+    fn irqchip_parses_and_round_trips() {
+        assert_eq!(IrqChip::parse("kernel").unwrap(), IrqChip::Kernel);
+        assert_eq!(IrqChip::parse("split").unwrap(), IrqChip::Split);
+        let e = IrqChip::parse("userspace").unwrap_err();
+        assert!(e.contains("'userspace'"), "{e}");
+        let spec = VmSpec {
+            irqchip: IrqChip::Split,
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&spec).unwrap();
+        assert!(text.contains(r#""irqchip":"split""#), "{text}");
+        assert_eq!(serde_json::from_str::<VmSpec>(&text).unwrap(), spec);
+        for chip in [IrqChip::Kernel, IrqChip::Split] {
+            assert_eq!(IrqChip::parse(chip.name()).unwrap(), chip);
+        }
     }
 }

@@ -44,6 +44,8 @@ pub struct VcpuShared {
     pub timeline: Timeline,
     /// SEV-SNP run-time handling (page-state changes, memory faults, termination requests).
     pub tee: Option<Arc<crate::tee_kvm::runtime::TeeRuntime>>,
+    /// The userspace IOAPIC of a split-irqchip VM: `KVM_EXIT_IOAPIC_EOI` goes there.
+    pub ioapic: Option<Arc<Mutex<devices::ioapic::Ioapic>>>,
 }
 
 impl VcpuShared {
@@ -53,6 +55,18 @@ impl VcpuShared {
             *f = Some(exit);
         }
         let _ = self.stop.eventfd().write(1);
+    }
+}
+
+/// The system events every VM has: power-off, reset, crash.
+fn system_event(sh: &VcpuShared, id: u32, kind: u32) {
+    match kind {
+        KVM_SYSTEM_EVENT_SHUTDOWN => sh.stop.stop(devices::legacy::GuestStop::PowerOff),
+        KVM_SYSTEM_EVENT_RESET => sh.stop.stop(devices::legacy::GuestStop::Reset),
+        KVM_SYSTEM_EVENT_CRASH => sh.stop.stop(devices::legacy::GuestStop::Panic),
+        other => sh.fail(VmExit::Failed(format!(
+            "vCPU {id}: unhandled KVM system event {other}"
+        ))),
     }
 }
 
@@ -110,6 +124,10 @@ pub fn run(mut fd: VcpuFd, id: u32, sh: VcpuShared) {
                     ))),
                 }
             }
+            Ok(VcpuExit::IoapicEoi(vector)) => match &sh.ioapic {
+                Some(io) => devices::bus::lock(io).end_of_interrupt(vector),
+                None => tracing::debug!(vcpu = id, vector, "IOAPIC EOI without an IOAPIC"),
+            },
             Ok(VcpuExit::SystemEvent(kind, data))
                 if sh
                     .tee
@@ -120,14 +138,7 @@ pub fn run(mut fd: VcpuFd, id: u32, sh: VcpuShared) {
                     "vCPU {id}: the guest asked to terminate (SEV-SNP, system event {kind})"
                 )));
             }
-            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
-                KVM_SYSTEM_EVENT_SHUTDOWN => sh.stop.stop(devices::legacy::GuestStop::PowerOff),
-                KVM_SYSTEM_EVENT_RESET => sh.stop.stop(devices::legacy::GuestStop::Reset),
-                KVM_SYSTEM_EVENT_CRASH => sh.stop.stop(devices::legacy::GuestStop::Panic),
-                other => sh.fail(VmExit::Failed(format!(
-                    "vCPU {id}: unhandled KVM system event {other}"
-                ))),
-            },
+            Ok(VcpuExit::SystemEvent(kind, _)) => system_event(&sh, id, kind),
             Ok(VcpuExit::InternalError) => {
                 let run = fd.get_kvm_run();
                 // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the member of

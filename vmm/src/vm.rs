@@ -1,6 +1,7 @@
-//! Building and running one VM from a [`VmSpec`]: KVM VM, guest memory, in-kernel irqchip,
-//! ACPI tables, kernel, legacy devices, vCPU threads, and the device event loop that runs until
-//! the guest stops (power-off, reset, panic, triple fault) or the VMM is told to stop.
+//! Building and running one VM from a [`VmSpec`]: KVM VM, guest memory, the interrupt
+//! controllers (KVM's irqchip, or the split irqchip with cvmm's IOAPIC), ACPI tables, kernel,
+//! legacy devices, vCPU threads, and the device event loop that runs until the guest stops
+//! (power-off, reset, panic, triple fault) or the VMM is told to stop.
 
 use crate::acpi;
 use crate::boot::{self, BootInputs};
@@ -8,21 +9,26 @@ use crate::console::{ConsoleInput, ConsoleOutput};
 use crate::cpuid::{self, CpuTemplate};
 use crate::error::{kvm_call, Result, VmmError};
 use crate::firmware::{self, FirmwareUnit};
+use crate::irq::GsiRouting;
 use crate::layout::*;
 use crate::memory::{self, GuestMem};
 use crate::regs;
-use crate::spec::VmSpec;
+use crate::spec::{IrqChip, VmSpec};
 use crate::timeline::Timeline;
 use crate::vcpu::{self, VcpuShared};
 use devices::bus::{MmioBus, PioBus, PioDevice};
 use devices::chipset::{AcpiPm, DebugConsole, PmDecode, DEBUGCON_PORT, PM_BLOCK_LEN, Q35_PM_BASE};
 use devices::firmware::{FW_CFG_PORT_BASE, FW_CFG_PORT_LEN};
+use devices::ioapic::{Ioapic, IOAPIC_BASE, IOAPIC_MMIO_LEN, IOAPIC_PINS};
 use devices::legacy::{
     AcpiPowerPorts, CmosRtc, DebugPort, GuestStop, PvPanic, SerialPort, StopSignal, SystemControlA,
     I8042,
 };
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_CAP_SPLIT_IRQCHIP,
+    KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -187,6 +193,12 @@ impl Vm {
         if platform == Platform::Plain {
             cpuid::hide_sev(&mut supported);
         }
+        let chip = irqchip_for(spec, platform);
+        if chip == IrqChip::Split && !kvm.check_extension(kvm_ioctls::Cap::SplitIrqchip) {
+            return Err(VmmError::Kvm(
+                "--irqchip split: this KVM lacks KVM_CAP_SPLIT_IRQCHIP".into(),
+            ));
+        }
         let mem = if firmware_boot {
             memory::create_below(spec.memory_mib, firmware::low_ram_bytes(spec.memory_mib))?
         } else {
@@ -197,12 +209,12 @@ impl Vm {
         let mut fw = None;
         let (vm, vcpus, tee) = match platform {
             Platform::Plain if firmware_boot => {
-                let (vm, vcpus, f) = boot_firmware(&kvm, spec, &mem, &supported, &timeline)?;
+                let (vm, vcpus, f) = boot_firmware(&kvm, spec, &mem, &supported, &timeline, chip)?;
                 fw = Some(f);
                 (vm, vcpus, None)
             }
             Platform::Plain => {
-                let (vm, vcpus) = plain_boot(&kvm, spec, &mem, &supported, &timeline)?;
+                let (vm, vcpus) = plain_boot(&kvm, spec, &mem, &supported, &timeline, chip)?;
                 (vm, vcpus, None)
             }
             Platform::Snp => {
@@ -210,7 +222,7 @@ impl Vm {
                     spec,
                     &mem,
                     &supported,
-                    Box::new(|vm| platform_setup(vm, KVM_TSS_ADDR)),
+                    Box::new(|vm| platform_setup(vm, KVM_TSS_ADDR, chip)),
                     Box::new(|id, fd| setup_vcpu(fd, id, &supported, spec.vcpus)),
                     &timeline,
                 )?;
@@ -223,6 +235,7 @@ impl Vm {
                     &supported,
                     &timeline,
                     spec.snp.kernel_hashes,
+                    chip,
                 )?);
                 (vm, vcpus, Some(keep))
             }
@@ -233,6 +246,9 @@ impl Vm {
             }
         };
         let vm = Arc::new(vm);
+        let routing = Arc::new(GsiRouting::new(vm.clone(), chip));
+        let ioapic =
+            (chip == IrqChip::Split).then(|| Arc::new(Mutex::new(Ioapic::new(routing.clone()))));
 
         let stop = StopSignal::new().map_err(host_err("stop eventfd"))?;
         let (serial_out, stdin) = ConsoleOutput::open(&spec.serial)?;
@@ -266,6 +282,10 @@ impl Vm {
         let pm_decode = Arc::new(PmDecode::default());
         let mut debugcon = None;
         let mut mmio = MmioBus::default();
+        if let Some(io) = &ioapic {
+            mmio.insert(IOAPIC_BASE, IOAPIC_MMIO_LEN, io.clone())
+                .map_err(|e| VmmError::Memory(format!("IOAPIC map: {e}")))?;
+        }
         let mut firmware_units = Vec::new();
         let pci_platform = match fw {
             Some(f) => {
@@ -321,7 +341,7 @@ impl Vm {
         let pci = crate::devices::attach_pci(
             spec,
             pci_platform,
-            &vm,
+            &routing,
             &mem,
             (&mut pio, &mut mmio),
             &stop,
@@ -346,6 +366,7 @@ impl Vm {
                 running: Arc::new(AtomicBool::new(true)),
                 timeline: timeline.clone(),
                 tee: tee_runtime,
+                ioapic,
             },
             serial,
             serial_out,
@@ -436,6 +457,14 @@ impl Vm {
             con.flush();
             self.timeline.set_metric("firmware_log_bytes", con.bytes());
         }
+        if let Some(io) = &self.shared.ioapic {
+            let io = devices::bus::lock(io);
+            self.timeline.set_metric("ioapic_eois", io.eois());
+            self.timeline
+                .set_metric("ioapic_routes", io.routes_installed());
+            self.timeline
+                .set_metric("ioapic_route_updates", io.route_updates());
+        }
 
         let fault = self
             .shared
@@ -461,18 +490,40 @@ impl Vm {
     }
 }
 
-/// Sets up a new VM: KVM's TSS at `tss`, the in-kernel irqchip and the PIT (before any vCPU
-/// exists).
-fn platform_setup(vm: &VmFd, tss: usize) -> Result<()> {
+/// The interrupt controllers of a VM on `platform`: a TD always has the split irqchip.
+fn irqchip_for(spec: &VmSpec, platform: Platform) -> IrqChip {
+    match platform {
+        Platform::Tdx => IrqChip::Split,
+        Platform::Plain | Platform::Snp => spec.irqchip,
+    }
+}
+
+/// Sets up a new VM right after `KVM_CREATE_VM`, before any vCPU exists: KVM's TSS at `tss`,
+/// then either the in-kernel irqchip and the PIT, or the split irqchip with 24 IOAPIC pins
+/// routed by userspace (KVM's PIT needs its PIC, so a split VM has no PIT).
+fn platform_setup(vm: &VmFd, tss: usize, chip: IrqChip) -> Result<()> {
     vm.set_tss_address(tss)
         .map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
-    vm.create_irq_chip()
-        .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_pit_config {
-        flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(kvm_call("KVM_CREATE_PIT2"))
+    match chip {
+        IrqChip::Kernel => {
+            vm.create_irq_chip()
+                .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
+            let pit = kvm_pit_config {
+                flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            vm.create_pit2(pit).map_err(kvm_call("KVM_CREATE_PIT2"))
+        }
+        IrqChip::Split => {
+            let mut cap = kvm_enable_cap {
+                cap: KVM_CAP_SPLIT_IRQCHIP,
+                ..Default::default()
+            };
+            cap.args[0] = IOAPIC_PINS as u64;
+            vm.enable_cap(&cap)
+                .map_err(kvm_call("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP, 24)"))
+        }
+    }
 }
 
 /// Per-vCPU set-up shared by every boot path: CPUID, MSRs, FPU, LAPIC.
@@ -518,15 +569,17 @@ fn plain_boot(
     mem: &GuestMem,
     supported: &CpuId,
     timeline: &Timeline,
+    chip: IrqChip,
 ) -> Result<(VmFd, Vcpus)> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     timeline.mark("kvm_vm_created");
+    platform_setup(&vm, KVM_TSS_ADDR, chip)?;
     map_ram(&vm, mem)?;
     timeline.mark("memory_mapped");
-    platform_setup(&vm, KVM_TSS_ADDR)?;
 
     // ACPI goes first: an IGVM file's pages may overwrite the BIOS area if it wants to.
-    let rsdp = acpi::write_tables(mem, spec.vcpus)?;
+    let acpi_platform = acpi::AcpiPlatform::direct().with_split_irqchip(chip == IrqChip::Split);
+    let rsdp = acpi::write_tables_for(mem, spec.vcpus, &acpi_platform)?;
     let bsp = match (&spec.igvm, &spec.kernel) {
         (Some(path), _) => {
             let data = std::fs::read(path).map_err(|source| VmmError::ReadFile {
@@ -616,6 +669,7 @@ fn boot_firmware(
     mem: &GuestMem,
     supported: &CpuId,
     timeline: &Timeline,
+    chip: IrqChip,
 ) -> Result<(VmFd, Vcpus, FirmwarePlatform)> {
     if !kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem) {
         return Err(VmmError::Kvm(
@@ -625,17 +679,17 @@ fn boot_firmware(
     let mut units = crate::firmware::load_units(spec)?;
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     timeline.mark("kvm_vm_created");
+    platform_setup(&vm, crate::firmware::FW_TSS_ADDR, chip)?;
     map_ram(&vm, mem)?;
     for u in &mut units {
         u.map(&vm)?;
     }
     timeline.mark("memory_mapped");
-    platform_setup(&vm, crate::firmware::FW_TSS_ADDR)?;
     if kvm.check_extension(kvm_ioctls::Cap::SetIdentityMapAddr) {
         vm.set_identity_map_address(crate::firmware::FW_IDENTITY_MAP_ADDR)
             .map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
     }
-    let platform = firmware_platform(spec, mem, supported, timeline, false, units)?;
+    let platform = firmware_platform(spec, mem, supported, timeline, false, chip, units)?;
     timeline.mark("images_loaded");
     let mut vcpus = Vec::new();
     for id in 0..spec.vcpus {
@@ -665,12 +719,14 @@ fn firmware_platform(
     supported: &CpuId,
     timeline: &Timeline,
     pristine_kernel: bool,
+    chip: IrqChip,
     units: Vec<FirmwareUnit>,
 ) -> Result<FirmwarePlatform> {
     let mmio64 = crate::firmware::mmio64_window(spec.memory_mib, phys_bits(supported));
+    let acpi_platform = acpi::AcpiPlatform::q35(mmio64).with_split_irqchip(chip == IrqChip::Split);
     let fw_cfg = crate::firmware::fw_cfg(crate::firmware::FwCfgInputs {
         spec,
-        acpi: acpi::firmware_tables(spec.vcpus, &acpi::AcpiPlatform::q35(mmio64)),
+        acpi: acpi::firmware_tables(spec.vcpus, &acpi_platform),
         mem: Arc::new(mem.clone()),
         timeline,
         pristine_kernel,
@@ -690,8 +746,17 @@ pub(crate) fn confidential_firmware_platform(
     supported: &CpuId,
     timeline: &Timeline,
     measured_kernel: bool,
+    chip: IrqChip,
 ) -> Result<FirmwarePlatform> {
-    firmware_platform(spec, mem, supported, timeline, measured_kernel, Vec::new())
+    firmware_platform(
+        spec,
+        mem,
+        supported,
+        timeline,
+        measured_kernel,
+        chip,
+        Vec::new(),
+    )
 }
 
 /// Where the firmware's debug console lines go: `--firmware-log FILE`, else debug logs.

@@ -167,6 +167,26 @@ pub fn madt_cpus(madt: &[u8]) -> u32 {
     n
 }
 
+/// The address of the first I/O APIC (type 1 entry) in a MADT.
+pub fn madt_ioapic(madt: &[u8]) -> Option<u64> {
+    let mut off = HDR_LEN + 8;
+    while let (Some(ty), Some(len)) = (u8_at(madt, off), u8_at(madt, off + 1)) {
+        if len < 2 {
+            break;
+        }
+        if ty == 1 {
+            return u32_at(madt, off + 4).map(u64::from);
+        }
+        off += usize::from(len);
+    }
+    None
+}
+
+/// MADT flags (bit 0: PCAT_COMPAT, the 8259 pair exists).
+pub fn madt_flags(madt: &[u8]) -> Option<u32> {
+    u32_at(madt, HDR_LEN + 4)
+}
+
 /// SLP_TYPa of the `_S5_` package in AML bytes: `_S5_`, PackageOp (0x12), PkgLength,
 /// NumElements, then the first element as ZeroOp, OneOp or BytePrefix + byte.
 pub fn s5_slp_typ(aml: &[u8]) -> Option<u8> {
@@ -319,6 +339,17 @@ mod tests {
             &x2apic(0),
         ]);
         assert_eq!(madt_cpus(&t), 3);
+    }
+
+    #[test]
+    fn madt_gives_the_ioapic_address_and_flags() {
+        let ioapic = [1u8, 12, 0, 0, 0, 0, 0xc0, 0xfe, 0, 0, 0, 0];
+        let mut t = madt(&[&[0, 8, 0, 0, 1, 0, 0, 0], &ioapic]);
+        assert_eq!(madt_ioapic(&t), Some(0xfec0_0000));
+        assert_eq!(madt_flags(&t), Some(0));
+        t[HDR_LEN + 4] = 1;
+        assert_eq!(madt_flags(&t), Some(1));
+        assert_eq!(madt_ioapic(&madt(&[&[0, 8, 0, 0, 1, 0, 0, 0]])), None);
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod entry;
 mod exit;
 mod fw;
 mod fwcfg;
+mod ioapic;
 mod mmio;
 mod netapp;
 mod ninep;
@@ -82,6 +83,9 @@ extern "C" fn rust_main(proto: u32, info: u64) -> ! {
     post(POST_READY);
     line(&[b"ready"]);
 
+    if ioapic::wanted(bi.cmdline) {
+        ioapic::run(fw.rsdp);
+    }
     if devices::wanted(bi.cmdline) {
         devices::run(bi.cmdline, fw.rsdp);
     }

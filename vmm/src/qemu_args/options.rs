@@ -61,6 +61,8 @@ pub(super) struct Collected {
     pub nodefaults: bool,
     pub no_reboot: bool,
     pub name: Option<String>,
+    /// `-machine kernel-irqchip=on|split`.
+    pub irqchip: Option<crate::spec::IrqChip>,
     pub ignored: Vec<String>,
 }
 
@@ -176,6 +178,19 @@ impl Collected {
         if let Some(v) = o.take("accel") {
             if v != "kvm" {
                 return Err(QemuArgsError::Unsupported(o.describe("accel", &v)));
+            }
+        }
+        for key in ["kernel-irqchip", "kernel_irqchip"] {
+            if let Some(v) = o.take(key) {
+                self.irqchip = Some(match v.as_str() {
+                    "split" => crate::spec::IrqChip::Split,
+                    v if parse_bool(v) == Some(true) => crate::spec::IrqChip::Kernel,
+                    // QEMU's userspace PIC/IOAPIC/PIT without any KVM irqchip: not in cvmm.
+                    v if parse_bool(v) == Some(false) => {
+                        return Err(QemuArgsError::Unsupported(o.describe(key, v)))
+                    }
+                    _ => return Err(o.bad(key, &v, "expected on, off or split")),
+                });
             }
         }
         o.finish()

@@ -270,6 +270,24 @@ fn tdx_manager_line_maps_to_spec() {
 }
 
 #[test]
+fn kernel_irqchip_selects_the_interrupt_controllers() {
+    for (machine, chip) in [
+        ("q35,kernel-irqchip=split", crate::spec::IrqChip::Split),
+        ("q35,kernel_irqchip=split", crate::spec::IrqChip::Split),
+        ("q35,kernel-irqchip=on", crate::spec::IrqChip::Kernel),
+        ("q35", crate::spec::IrqChip::Kernel),
+    ] {
+        let inv = parse_k(&["-machine", machine]).unwrap();
+        assert_eq!(inv.spec.irqchip, chip, "{machine}");
+        assert!(inv.ignored.is_empty(), "{machine}: {:?}", inv.ignored);
+    }
+    let e = parse_k(&["-machine", "q35,kernel-irqchip=maybe"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("kernel-irqchip") && e.contains("maybe"), "{e}");
+}
+
+#[test]
 fn tdx_object_key_form_and_unix_socket() {
     let inv = parse_k(&[
         "-object",
@@ -402,8 +420,8 @@ fn unsupported_options_fail_with_the_exact_message() {
         (&["-machine", "pc"], "-machine pc"),
         (&["-machine", "q35,accel=tcg"], "-machine q35,accel=tcg"),
         (
-            &["-machine", "q35,kernel-irqchip=split"],
-            "-machine q35,kernel-irqchip=split",
+            &["-machine", "q35,kernel-irqchip=off"],
+            "-machine q35,kernel-irqchip=off",
         ),
         (&["-accel", "tcg"], "-accel tcg"),
         (
