@@ -40,6 +40,54 @@ fn snp_and_tdx_fail_early_naming_the_missing_prerequisite() {
 }
 
 #[test]
+fn tdx_with_tdvf_and_kernel_fails_before_anything_is_created() {
+    if host_has_tee() {
+        println!("SKIPPED: tee flags: this host advertises SNP or TDX");
+        return;
+    }
+    let ovmf = "/usr/share/ovmf/OVMF.fd";
+    if !std::path::Path::new(ovmf).exists() {
+        println!("SKIPPED: tdx launch inputs: no {ovmf}");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cvmm-tdx-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kernel = dir.join("bzImage");
+    std::fs::write(&kernel, b"not read before the TDX check").unwrap();
+    let timeline = dir.join("timeline.json");
+    let r = run_cvmm(
+        &[
+            "run",
+            "--tee",
+            "tdx",
+            "--firmware",
+            ovmf,
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--timeline",
+            timeline.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "--tee tdx: host does not support TDX: /proc/cpuinfo has no tdx_host_platform flag"
+        ),
+        "{}",
+        r.stderr
+    );
+    // Refused before the VM, the launch or the firmware platform exist: no KVM call failed,
+    // no launch phase ran, and no timeline was written.
+    assert!(!r.stderr.contains("KVM call"), "{}", r.stderr);
+    assert!(!r.stderr.contains("VMM failure"), "{}", r.stderr);
+    assert!(!r.stderr.contains("TDX launch"), "{}", r.stderr);
+    let written = std::fs::read_to_string(&timeline).unwrap_or_default();
+    assert!(!written.contains("tee_launch"), "{written}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bad_tee_value_is_named() {
     let r = run_cvmm(&["run", "--kernel", "/k", "--tee", "sev"], LIMIT);
     assert_eq!(r.code, Some(2), "{}", r.stderr);

@@ -1,8 +1,9 @@
 //! The real [`TeeOps`]: the SEV-SNP / TDX launch calls of `tee` issued to `/dev/kvm`, the VM and
 //! vCPU fds and `/dev/sev` (kernel uAPI numbers in `tee::uapi`, spec tee-launch.md §4), plus the
-//! `--tee` decision made before anything is created and the SNP boot step of `Vm::build`.
-//! The launch order itself lives in `tee::snp::SnpLauncher` and is tested there with a fake;
-//! this file cannot run on a host without SNP/TDX.
+//! `--tee` decision made before anything is created and the SNP boot step of `Vm::build` (the
+//! TDX one is in [`tdx`]). The launch orders themselves live in `tee::snp::SnpLauncher` and
+//! `tee::tdx::TdxLauncher` and are tested there with a fake; this file cannot run on a host
+//! without SNP/TDX.
 
 use crate::error::{Result, VmmError};
 use crate::memory::GuestMem;
@@ -25,6 +26,8 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 #[path = "tee_runtime.rs"]
 pub mod runtime;
+#[path = "tdx_kvm.rs"]
+pub mod tdx;
 
 /// `KVM_GET_DEVICE_ATTR`: `_IOW(KVMIO, 0xe2, struct kvm_device_attr)`.
 const KVM_GET_DEVICE_ATTR: u64 = 0x4018_aee2;

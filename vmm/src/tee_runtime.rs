@@ -1,20 +1,34 @@
-//! Run-time exits of an SEV-SNP guest for the vCPU loop: [`TeeRuntime`] answers
+//! Run-time exits of a confidential guest for the vCPU loop: [`TeeRuntime`] answers
 //! `KVM_HC_MAP_GPA_RANGE`, converts memory on `KVM_EXIT_MEMORY_FAULT` and decodes
-//! `KVM_SYSTEM_EVENT_SEV_TERM`, with `tee::runtime::PageStateChanges` deciding what to call and
-//! [`KvmMemoryOps`] calling KVM, `fallocate` and `madvise` — each only on the VM's own RAM.
+//! `KVM_SYSTEM_EVENT_SEV_TERM` (SEV-SNP and TDX alike for the first two), with
+//! `tee::runtime::PageStateChanges` deciding what to call and [`KvmMemoryOps`] calling KVM,
+//! `fallocate` and `madvise` — each only on the VM's own RAM. A TD also gets its
+//! `KVM_EXIT_TDX` sub-calls and `KVM_SYSTEM_EVENT_TDX_FATAL` answered ([`TdxRuntime`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use kvm_bindings::kvm_memory_attributes;
+use kvm_bindings::{kvm_memory_attributes, kvm_run};
 use kvm_ioctls::{Kvm, VmFd};
 use tee::runtime::{GuestTerminated, MemoryOps, PageStateChanges};
 use tee::snp::RamRegion;
+use tee::tdx_exit::{TdxFatal, TdxVmcall};
 use tee::uapi::KvmMemoryAttributes;
 
 use crate::error::{Result, VmmError};
+use crate::tee_kvm::tdx::TdxRuntime;
+
+/// A second `VmFd` for the same VM (a duplicated fd), for handlers that outlive the borrow.
+pub(crate) fn dup_vm(vm: &VmFd) -> io::Result<VmFd> {
+    // SAFETY: `vm` keeps its fd open for the whole borrow, which ends at the clone.
+    let dup = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }.try_clone_to_owned()?;
+    let kvm = Kvm::new().map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    // SAFETY: `dup` is a fresh fd for this VM that nothing else owns; the new VmFd takes it.
+    unsafe { kvm.create_vmfd_from_rawfd(dup.into_raw_fd()) }
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+}
 
 /// `KVM_SET_MEMORY_ATTRIBUTES` on `vm`.
 pub(crate) fn set_attributes(vm: &VmFd, a: &KvmMemoryAttributes) -> io::Result<()> {
@@ -99,6 +113,8 @@ pub struct TeeRuntime<M: MemoryOps = KvmMemoryOps> {
     ops: Mutex<M>,
     psc: PageStateChanges,
     conversions: AtomicU64,
+    /// Set for a TD.
+    tdx: Option<TdxRuntime>,
 }
 
 impl TeeRuntime<KvmMemoryOps> {
@@ -109,12 +125,7 @@ impl TeeRuntime<KvmMemoryOps> {
             .first()
             .ok_or_else(|| io::Error::other("the launch created no guest_memfd"))?
             .try_clone()?;
-        // SAFETY: `vm` keeps its fd open for the whole borrow, which ends at the clone.
-        let dup = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }.try_clone_to_owned()?;
-        let kvm = Kvm::new().map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-        // SAFETY: `dup` is a fresh fd for this VM that nothing else owns; the new VmFd takes it.
-        let vm = unsafe { kvm.create_vmfd_from_rawfd(dup.into_raw_fd()) }
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        let vm = dup_vm(vm)?;
         let psc = PageStateChanges::new(ram, memfd.as_raw_fd() as u32);
         let ops = KvmMemoryOps {
             vm,
@@ -131,7 +142,43 @@ impl<M: MemoryOps> TeeRuntime<M> {
             ops: Mutex::new(ops),
             psc,
             conversions: AtomicU64::new(0),
+            tdx: None,
         }
+    }
+
+    /// The same handler for a TD: `KVM_EXIT_TDX` and TDX fatal errors are answered by `tdx`.
+    pub fn with_tdx(mut self, tdx: TdxRuntime) -> Self {
+        self.tdx = Some(tdx);
+        self
+    }
+
+    /// Whether this is a TD's handler.
+    pub fn is_tdx(&self) -> bool {
+        self.tdx.is_some()
+    }
+
+    /// `VcpuExit::Unsupported(KVM_EXIT_TDX)`: answers the sub-call in the vCPU's `run` area
+    /// (before the next `KVM_RUN`). An error means there is no TD to answer for, or `run`
+    /// holds another exit.
+    pub fn on_tdx_exit(&self, run: &mut kvm_run, apic_id: u32) -> Result<TdxVmcall> {
+        let tdx = self.tdx.as_ref().ok_or_else(|| VmmError::Host {
+            what: "KVM_EXIT_TDX",
+            source: io::Error::other("a TDX exit from a VM that is not a TD"),
+        })?;
+        tdx.on_exit(run, apic_id)
+    }
+
+    /// `VcpuExit::SystemEvent`: `Some` for a TD's `KVM_SYSTEM_EVENT_TDX_FATAL`; the VM then
+    /// ends as a failure naming the guest's error code.
+    pub fn on_tdx_fatal(&self, kind: u32, data: &[u64]) -> Option<TdxFatal> {
+        self.tdx.as_ref()?;
+        let f = tee::tdx_exit::system_event(kind, data)?;
+        tracing::error!(
+            error_code = format!("{:#x}", f.error_code),
+            message = %f.message,
+            "TD fatal error"
+        );
+        Some(f)
     }
 
     /// `VcpuExit::Hypercall`: `Some(ret)` to store in `*exit.ret` before re-entering the guest

@@ -10,6 +10,7 @@ use devices::legacy::StopSignal;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
+use tee::uapi::KVM_EXIT_TDX;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -42,7 +43,8 @@ pub struct VcpuShared {
     pub fault: Arc<Mutex<Option<VmExit>>>,
     pub running: Arc<AtomicBool>,
     pub timeline: Timeline,
-    /// SEV-SNP run-time handling (page-state changes, memory faults, termination requests).
+    /// Confidential run-time handling (page-state changes, memory faults, termination
+    /// requests; a TD's `KVM_EXIT_TDX` and fatal errors).
     pub tee: Option<Arc<crate::tee_kvm::runtime::TeeRuntime>>,
     /// The userspace IOAPIC of a split-irqchip VM: `KVM_EXIT_IOAPIC_EOI` goes there.
     pub ioapic: Option<Arc<Mutex<devices::ioapic::Ioapic>>>,
@@ -128,6 +130,30 @@ pub fn run(mut fd: VcpuFd, id: u32, sh: VcpuShared) {
                 Some(io) => devices::bus::lock(io).end_of_interrupt(vector),
                 None => tracing::debug!(vcpu = id, vector, "IOAPIC EOI without an IOAPIC"),
             },
+            Ok(VcpuExit::Unsupported(KVM_EXIT_TDX)) => {
+                let answered = match sh.tee.as_ref() {
+                    Some(t) => t.on_tdx_exit(fd.get_kvm_run(), id),
+                    None => Err(crate::error::VmmError::Input(
+                        "KVM_EXIT_TDX from a VM that is not a TD".into(),
+                    )),
+                };
+                if let Err(e) = answered {
+                    sh.fail(VmExit::Failed(format!("vCPU {id}: {e}")));
+                }
+            }
+            Ok(VcpuExit::SystemEvent(kind, data))
+                if sh.tee.as_ref().is_some_and(|t| t.is_tdx()) =>
+            {
+                let reason = sh
+                    .tee
+                    .as_ref()
+                    .and_then(|t| t.on_tdx_fatal(kind, data))
+                    .map(|f| crate::tee_kvm::tdx::fatal_reason(&f));
+                match reason {
+                    Some(r) => sh.fail(VmExit::Failed(format!("vCPU {id}: {r}"))),
+                    None => system_event(&sh, id, kind),
+                }
+            }
             Ok(VcpuExit::SystemEvent(kind, data))
                 if sh
                     .tee

@@ -240,9 +240,24 @@ impl Vm {
                 (vm, vcpus, Some(keep))
             }
             Platform::Tdx => {
-                return Err(VmmError::Input(
-                    "--tee tdx: the TDX launch (tee::tdx) is not wired into cvmm run yet".into(),
-                ))
+                // The launcher enables the split irqchip itself (TDX requires it, before
+                // INIT_VM); the VM hook checks the TD's limits. A TD vCPU's registers, MSRs and
+                // LAPIC belong to the TDX module: the launcher only gives it its CPUID.
+                let (vm, vcpus, keep) = crate::tee_kvm::tdx::tdx_boot(
+                    spec,
+                    &mem,
+                    &supported,
+                    Box::new(|vm| crate::tee_kvm::tdx::tdx_vm_setup(vm, spec.vcpus)),
+                    Box::new(|_, _| Ok(())),
+                    &timeline,
+                )?;
+                timeline.mark("vcpus_created");
+                // TDVF reads the platform from fw_cfg; the kernel goes there as QEMU hands it
+                // over (setup header patched): TDX measures it at run time into the RTMRs.
+                fw = Some(confidential_firmware_platform(
+                    spec, &mem, &supported, &timeline, false, chip,
+                )?);
+                (vm, vcpus, Some(keep))
             }
         };
         let vm = Arc::new(vm);
