@@ -79,8 +79,8 @@ fn disassemble(dir: &Path) -> Option<Vec<(String, String)>> {
             .current_dir(dir)
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&r.stdout).into_owned()
-            + &String::from_utf8_lossy(&r.stderr);
+        let text =
+            String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr);
         assert!(r.status.success(), "iasl -d {}: {text}", p.display());
         for bad in ["Error ", "Warning ", "Invalid", "Unknown"] {
             assert!(!text.contains(bad), "iasl -d {}: {text}", p.display());

@@ -119,8 +119,10 @@ const POLLING: &[i64] = &[
 ];
 
 /// The main thread after set-up: the event loop (stdin console, stop/term eventfds), vCPU kicks,
-/// joins, and writing the timeline and serial files at the end.
+/// joins, and writing the timeline and serial files at the end (with mincore for the guest's
+/// resident pages).
 const MAIN: &[i64] = &[
+    libc::SYS_mincore,
     libc::SYS_openat,
     libc::SYS_newfstatat,
     libc::SYS_fstat,

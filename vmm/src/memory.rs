@@ -66,8 +66,10 @@ pub fn e820_map(mib: u64) -> Vec<(u64, u64, u32)> {
     m
 }
 
-/// Resident memory, from /proc/self: (peak RSS of the process, RSS of the guest RAM mappings),
-/// in KiB. The difference is what the VMM itself costs.
+/// Resident memory: (peak RSS of the process from `/proc/self/status`, resident guest RAM
+/// pages counted with `mincore`), in KiB. The difference is what the VMM itself costs.
+/// (`/proc/self/smaps` cannot tell: the kernel merges the guest's anonymous mappings with
+/// neighbouring ones into one VMA.)
 pub fn resident_kib(mem: &GuestMem) -> Option<(u64, u64)> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -75,37 +77,21 @@ pub fn resident_kib(mem: &GuestMem) -> Option<(u64, u64)> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
-    let ranges: Vec<(u64, u64)> = mem
-        .iter()
-        .filter_map(|r| {
-            let a = r.get_host_address(MemoryRegionAddress(0)).ok()? as u64;
-            Some((a, a + r.len()))
-        })
-        .collect();
-    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-    let mut guest = 0u64;
-    let mut inside = false;
-    for line in smaps.lines() {
-        if let Some((range, _)) = line.split_once(' ') {
-            if let Some((s, e)) = range.split_once('-') {
-                if let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) {
-                    inside = ranges.iter().any(|&(a, b)| s >= a && e <= b);
-                    continue;
-                }
-            }
+    let page = 4096usize;
+    let mut pages = 0u64;
+    for r in mem.iter() {
+        let addr = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+        let len = usize::try_from(r.len()).ok()?;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: `addr..addr+len` is a live mapping owned by `mem` (borrowed for this call);
+        // mincore only reads its page state into `vec`, which has one byte per page.
+        let rc = unsafe { libc::mincore(addr.cast(), len, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
         }
-        if inside {
-            if let Some(v) = line.strip_prefix("Rss:") {
-                guest += v
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .unwrap_or(0);
-            }
-        }
+        pages += vec.iter().filter(|b| *b & 1 != 0).count() as u64;
     }
-    Some((hwm, guest))
+    Some((hwm, pages * (page as u64 / 1024)))
 }
 
 #[cfg(test)]
