@@ -1,210 +1,32 @@
 //! Tier B: an IGVM file booted on plain KVM (`cvmm run --igvm`). The test wraps the probe guest
-//! ELF in an IGVM file built here with the `igvm` crate: PT_LOAD segments become PAGE_DATA at
-//! their physical addresses, a flat GDT page and a PVH `hvm_start_info` page are added, the
-//! command line arrives through a COMMAND_LINE parameter area inserted where the start info
-//! points, and the BSP starts at the probe's PVH entry from a native VP context in 32-bit
-//! protected mode (paging off, flat segments, EBX = start info), as the PVH protocol wants.
+//! ELF in an IGVM file built with the `igvm` crate (`common/igvm_wrap.rs`, shared with
+//! `examples/mkigvm.rs`): PT_LOAD segments become PAGE_DATA at their physical addresses, a flat
+//! GDT page and a PVH `hvm_start_info` page are added, the command line arrives through a
+//! COMMAND_LINE parameter area inserted where the start info points, the memory map through a
+//! MEMORY_MAP parameter that a small shim turns into the PVH map, and the BSP starts from a
+//! native VP context in 32-bit protected mode (paging off, flat segments, EBX = start info), as
+//! the PVH protocol wants. Tier A checks of the builder itself (initrd module, zero pages,
+//! refused ELFs) need no KVM.
 
 mod common;
+#[path = "common/igvm_wrap.rs"]
+mod igvm_wrap;
 
 use common::*;
-use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmPlatformHeader, IgvmRevision};
-use igvm_defs::{
-    IgvmNativeVpContextX64, IgvmPageDataFlags, IgvmPageDataType, IgvmPlatformType,
-    IGVM_VHS_PARAMETER, IGVM_VHS_PARAMETER_INSERT, IGVM_VHS_SUPPORTED_PLATFORM,
-};
+use igvm::{IgvmDirectiveHeader, IgvmFile, IsolationType};
+use igvm_wrap::{wrap_pvh_elf, NATIVE};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
-const NATIVE: u32 = 1;
-const PAGE: u64 = 4096;
-const GDT: u64 = 0x5000;
-const START_INFO: u64 = 0x6000;
-const CMDLINE_AREA: u64 = 0x7000;
-const PARAM_AREA: u64 = 0x9000;
-const PVH_MAGIC: u32 = 0x336e_c578;
-const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
-
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
-}
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
-}
-
-/// The probe ELF's pages (physical address -> contents) and its PVH 32-bit entry.
-fn elf_pages(elf: &[u8]) -> (BTreeMap<u64, Vec<u8>>, u64) {
-    assert_eq!(&elf[..4], b"\x7fELF", "not an ELF");
-    let (phoff, phentsize, phnum) = (
-        u64_at(elf, 0x20) as usize,
-        u16_at(elf, 0x36) as usize,
-        u16_at(elf, 0x38) as usize,
-    );
-    let mut pages: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-    let mut entry = None;
-    for i in 0..phnum {
-        let ph = &elf[phoff + i * phentsize..];
-        let (kind, off, paddr) = (u32_at(ph, 0), u64_at(ph, 8) as usize, u64_at(ph, 24));
-        let (filesz, memsz) = (u64_at(ph, 32) as usize, u64_at(ph, 40));
-        match kind {
-            1 => {
-                for gpa in (paddr & !(PAGE - 1)..paddr + memsz).step_by(PAGE as usize) {
-                    pages.entry(gpa).or_insert_with(|| vec![0; PAGE as usize]);
-                }
-                for (i, b) in elf[off..off + filesz].iter().enumerate() {
-                    let a = paddr + i as u64;
-                    pages.get_mut(&(a & !(PAGE - 1))).unwrap()[(a % PAGE) as usize] = *b;
-                }
-            }
-            4 => {
-                let mut n = &elf[off..off + filesz];
-                while n.len() >= 12 {
-                    let (namesz, descsz, ty) = (u32_at(n, 0), u32_at(n, 4), u32_at(n, 8));
-                    let name_end = 12 + namesz.next_multiple_of(4) as usize;
-                    let desc = &n[name_end..name_end + descsz as usize];
-                    if &n[12..12 + namesz as usize] == b"Xen\0" && ty == XEN_ELFNOTE_PHYS32_ENTRY {
-                        entry = Some(u32_at(desc, 0) as u64);
-                    }
-                    n = &n[name_end + descsz.next_multiple_of(4) as usize..];
-                }
-            }
-            _ => {}
-        }
-    }
-    (pages, entry.expect("the probe ELF has a PVH entry note"))
-}
-
-fn page_data(gpa: u64, mut data: Vec<u8>) -> IgvmDirectiveHeader {
-    while data.last() == Some(&0) {
-        data.pop();
-    }
-    IgvmDirectiveHeader::PageData {
-        gpa,
-        compatibility_mask: NATIVE,
-        flags: IgvmPageDataFlags::new(),
-        data_type: IgvmPageDataType::NORMAL,
-        data,
-    }
-}
-
-fn param(area: u32, offset: u32) -> IGVM_VHS_PARAMETER {
-    IGVM_VHS_PARAMETER {
-        parameter_area_index: area,
-        byte_offset: offset,
-    }
-}
-
-fn insert(area: u32, gpa: u64) -> IgvmDirectiveHeader {
-    IgvmDirectiveHeader::ParameterInsert(IGVM_VHS_PARAMETER_INSERT {
-        gpa,
-        compatibility_mask: NATIVE,
-        parameter_area_index: area,
-    })
-}
 
 /// Builds the IGVM file around the probe; `extra` directives go before the VP context.
 fn probe_igvm(extra: Vec<IgvmDirectiveHeader>) -> Vec<u8> {
     let elf = std::fs::read(probe("pvh")).expect("read the probe ELF");
-    let (pages, entry) = elf_pages(&elf);
-
-    let mut gdt = Vec::new();
-    for e in [0u64, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff] {
-        gdt.extend_from_slice(&e.to_le_bytes());
-    }
-    let mut si = vec![0u8; 56];
-    si[0..4].copy_from_slice(&PVH_MAGIC.to_le_bytes());
-    si[4..8].copy_from_slice(&1u32.to_le_bytes());
-    si[24..32].copy_from_slice(&CMDLINE_AREA.to_le_bytes());
-
-    let mut d = vec![page_data(GDT, gdt), page_data(START_INFO, si)];
-    d.extend(pages.into_iter().map(|(gpa, data)| page_data(gpa, data)));
-    d.extend([
-        IgvmDirectiveHeader::ParameterArea {
-            number_of_bytes: 2 * PAGE,
-            parameter_area_index: 0,
-            initial_data: vec![],
-        },
-        IgvmDirectiveHeader::CommandLine(param(0, 0)),
-        IgvmDirectiveHeader::ParameterArea {
-            number_of_bytes: PAGE,
-            parameter_area_index: 1,
-            initial_data: vec![],
-        },
-        IgvmDirectiveHeader::VpCount(param(1, 0)),
-        IgvmDirectiveHeader::MemoryMap(param(1, 8)),
-        insert(0, CMDLINE_AREA),
-        insert(1, PARAM_AREA),
-        IgvmDirectiveHeader::RequiredMemory {
-            gpa: 0x10_0000,
-            compatibility_mask: NATIVE,
-            number_of_bytes: 4 << 20,
-            vtl2_protectable: false,
-        },
-    ]);
-    d.extend(extra);
-    let context = IgvmNativeVpContextX64 {
-        rax: 0,
-        rcx: 0,
-        rdx: 0,
-        rbx: START_INFO,
-        rsp: 0,
-        rbp: 0,
-        rsi: 0,
-        rdi: 0,
-        r8: 0,
-        r9: 0,
-        r10: 0,
-        r11: 0,
-        r12: 0,
-        r13: 0,
-        r14: 0,
-        r15: 0,
-        rip: entry,
-        rflags: 2,
-        idtr_base: 0,
-        idtr_limit: 0,
-        reserved: [0; 2],
-        gdtr_limit: 23,
-        gdtr_base: GDT,
-        code_selector: 0x08,
-        code_attributes: 0xc09b,
-        code_base: 0,
-        code_limit: 0xffff_ffff,
-        data_selector: 0x10,
-        data_attributes: 0xc093,
-        data_base: 0,
-        data_limit: 0xffff_ffff,
-        gs_base: 0,
-        cr0: 0x11, // PE | ET: protected mode, paging off
-        cr3: 0,
-        cr4: 0,
-        efer: 0,
-    };
-    d.push(IgvmDirectiveHeader::X64NativeVpContext {
-        compatibility_mask: NATIVE,
-        vp_index: 0,
-        context: Box::new(context),
-    });
-    let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
-        compatibility_mask: NATIVE,
-        highest_vtl: 0,
-        platform_type: IgvmPlatformType::NATIVE,
-        platform_version: 1,
-        shared_gpa_boundary: 0,
-    });
-    let rev = IgvmRevision::V2 {
-        arch: igvm::Arch::X64,
-        page_size: 4096,
-    };
-    let file = IgvmFile::new(rev, vec![platform], vec![], d).expect("a valid IGVM file");
-    let mut out = Vec::new();
-    file.serialize(&mut out).expect("serialize");
-    out
+    wrap_pvh_elf(&elf, None, extra)
+        .expect("wrap the probe")
+        .igvm
 }
 
 fn write_igvm(name: &str, bytes: &[u8]) -> PathBuf {
@@ -305,4 +127,243 @@ fn garbage_igvm_and_kernel_plus_igvm_are_refused() {
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn igvm_memory_map_reaches_the_guest_as_the_pvh_map() {
+    if !kvm_available("tier B IGVM") {
+        return;
+    }
+    // The MEMORY_MAP parameter (IGVM entries) is turned into the PVH map by the file's shim:
+    // the guest must count the same RAM as with a direct PVH boot, below and above 4 GiB
+    // (8G: 3 GiB below the MMIO hole, 5 GiB from 4 GiB, so both halves of every address and
+    // size are used).
+    let path = write_igvm("probe-memmap.igvm", &probe_igvm(vec![]));
+    let pvh = probe("pvh");
+    for (memory, mib) in [("128M", "127"), ("8G", "8191")] {
+        let base = ["--memory", memory, "--append", "probe.exit=poweroff"];
+        let igvm = run_cvmm(
+            &[&["run", "--igvm", path.to_str().unwrap()][..], &base].concat(),
+            LIMIT,
+        );
+        let direct = run_cvmm(
+            &[&["run", "--kernel", pvh.to_str().unwrap()][..], &base].concat(),
+            LIMIT,
+        );
+        for (how, r) in [("igvm", &igvm), ("direct", &direct)] {
+            assert_eq!(
+                r.code,
+                Some(0),
+                "{how} {memory}: {}\n{}",
+                r.stdout,
+                r.stderr
+            );
+            assert_eq!(
+                field(&r.stdout, "mem_mib"),
+                Some(mib),
+                "{how} {memory}: {}",
+                r.stdout
+            );
+        }
+    }
+}
+
+/// A minimal x86-64 ELF: one PT_LOAD per (paddr, file bytes, memsz), and a PT_NOTE with the
+/// Xen PHYS32_ENTRY note when `entry` is given.
+fn tiny_elf(segments: &[(u64, &[u8], u64)], entry: Option<u32>) -> Vec<u8> {
+    let mut note = Vec::new();
+    if let Some(e) = entry {
+        for v in [4u32, 4, 18] {
+            note.extend_from_slice(&v.to_le_bytes());
+        }
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&e.to_le_bytes());
+    }
+    let phnum = segments.len() + usize::from(entry.is_some());
+    let mut elf = vec![0u8; 64 + phnum * 56];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    (elf[4], elf[5], elf[6]) = (2, 1, 1);
+    elf[0x10] = 2; // ET_EXEC
+    elf[0x12] = 0x3e; // EM_X86_64
+    elf[0x20] = 64; // e_phoff
+    elf[0x34] = 64; // e_ehsize
+    elf[0x36] = 56; // e_phentsize
+    elf[0x38] = phnum as u8;
+    let mut phdr = |i: usize, kind: u32, off: u64, paddr: u64, filesz: u64, memsz: u64| {
+        let h = &mut elf[64 + i * 56..64 + (i + 1) * 56];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        for (o, v) in [
+            (8, off),
+            (16, paddr),
+            (24, paddr),
+            (32, filesz),
+            (40, memsz),
+        ] {
+            h[o..o + 8].copy_from_slice(&v.to_le_bytes());
+        }
+    };
+    let mut data = Vec::new();
+    let data_start = 64 + phnum as u64 * 56;
+    for (i, (paddr, bytes, memsz)) in segments.iter().enumerate() {
+        let off = data_start + data.len() as u64;
+        phdr(i, 1, off, *paddr, bytes.len() as u64, *memsz);
+        data.extend_from_slice(bytes);
+    }
+    if entry.is_some() {
+        let off = data_start + data.len() as u64;
+        phdr(
+            segments.len(),
+            4,
+            off,
+            0,
+            note.len() as u64,
+            note.len() as u64,
+        );
+        data.extend_from_slice(&note);
+    }
+    elf.extend(data);
+    elf
+}
+
+/// The pages a native loader would write (gpa -> 4 KiB page), the REQUIRED_MEMORY ranges and
+/// the BSP context of an IGVM file.
+struct Parsed {
+    pages: BTreeMap<u64, Vec<u8>>,
+    required: Vec<(u64, u64)>,
+    context: igvm_defs::IgvmNativeVpContextX64,
+}
+
+fn parse(igvm: &[u8]) -> Parsed {
+    let file = IgvmFile::new_from_binary(igvm, Some(IsolationType::NotIsolated)).expect("parse");
+    let (mut pages, mut required, mut context) = (BTreeMap::new(), Vec::new(), None);
+    for d in file.directives() {
+        match d {
+            IgvmDirectiveHeader::PageData { gpa, data, .. } => {
+                let mut page = data.clone();
+                page.resize(4096, 0);
+                assert!(pages.insert(*gpa, page).is_none(), "two pages at {gpa:#x}");
+            }
+            IgvmDirectiveHeader::RequiredMemory {
+                gpa,
+                number_of_bytes,
+                ..
+            } => required.push((*gpa, u64::from(*number_of_bytes))),
+            IgvmDirectiveHeader::X64NativeVpContext { context: c, .. } => context = Some(**c),
+            _ => {}
+        }
+    }
+    Parsed {
+        pages,
+        required,
+        context: context.expect("a native VP context"),
+    }
+}
+
+impl Parsed {
+    /// `len` bytes from `gpa`; every page on the way must be PAGE_DATA.
+    fn read(&self, gpa: u64, len: u64) -> Vec<u8> {
+        (gpa..gpa + len)
+            .map(|a| {
+                let page = self.pages.get(&(a & !4095)).unwrap_or_else(|| {
+                    panic!("gpa {a:#x} is not loaded by the file");
+                });
+                page[(a % 4096) as usize]
+            })
+            .collect()
+    }
+    fn u32(&self, gpa: u64) -> u32 {
+        u32::from_le_bytes(self.read(gpa, 4).try_into().unwrap())
+    }
+    fn u64(&self, gpa: u64) -> u64 {
+        u64::from_le_bytes(self.read(gpa, 8).try_into().unwrap())
+    }
+}
+
+#[test]
+fn wrapped_initrd_is_a_pvh_module_above_the_image_and_bss_is_zero_pages() {
+    let text: Vec<u8> = (0..5000u32).map(|i| (i % 251 + 1) as u8).collect();
+    let data = [0xabu8; 100];
+    // .text with a bss tail to 0x104000 (two whole zero pages), a second segment at 2 MiB.
+    let elf = tiny_elf(
+        &[(0x10_0000, &text, 0x4000), (0x20_0000, &data, 0x100)],
+        Some(0x10_0010),
+    );
+    let initrd: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8 ^ 0x5a).collect();
+    let w = wrap_pvh_elf(&elf, Some(&initrd), vec![]).expect("wrap");
+    let f = parse(&w.igvm);
+
+    // The segments at their physical addresses, memsz beyond filesz loaded as zeroes.
+    assert_eq!(f.read(0x10_0000, 5000), text);
+    assert!(f
+        .read(0x10_0000 + 5000, 0x4000 - 5000)
+        .iter()
+        .all(|&b| b == 0));
+    assert_eq!(f.read(0x20_0000, 100), data);
+
+    // hvm_start_info (EBX of the BSP): magic, version 1, one module, the module entry.
+    let si = f.context.rbx;
+    assert_eq!(f.u32(si), 0x336e_c578);
+    assert_eq!(f.u32(si + 4), 1);
+    assert_eq!(f.u32(si + 12), 1, "nr_modules");
+    let modlist = f.u64(si + 16);
+    let (rd_at, rd_len) = (f.u64(modlist), f.u64(modlist + 8));
+    assert_eq!(rd_len, initrd.len() as u64);
+    assert_eq!(
+        f.read(rd_at, rd_len),
+        initrd,
+        "the module's bytes are the initrd"
+    );
+    assert!(
+        rd_at >= 0x20_1000,
+        "initrd at {rd_at:#x} overlaps the image"
+    );
+    assert_eq!(rd_at % (2 << 20), 0);
+    assert_eq!(w.layout.initrd, Some((rd_at, rd_len)));
+
+    // REQUIRED_MEMORY covers the image and the initrd.
+    assert!(
+        f.required
+            .iter()
+            .any(|&(gpa, n)| gpa <= 0x10_0000 && gpa + n >= rd_at + rd_len),
+        "{:?}",
+        f.required
+    );
+    // The BSP starts in the shim, which ends in a jump to the ELF's PVH entry (EBP).
+    assert_eq!(f.context.rbp, 0x10_0010);
+    assert_eq!(
+        f.read(f.context.rip, igvm_wrap::SHIM_CODE.len() as u64),
+        igvm_wrap::SHIM_CODE
+    );
+    // Without an initrd: no module.
+    let w = wrap_pvh_elf(&elf, None, vec![]).expect("wrap");
+    let f = parse(&w.igvm);
+    assert_eq!(f.u32(f.context.rbx + 12), 0, "nr_modules");
+}
+
+#[test]
+fn elfs_the_builder_cannot_wrap_are_refused() {
+    let code = [0x90u8; 16];
+    for (elf, why) in [
+        (b"MZ not an ELF at all".to_vec(), "not an ELF"),
+        (tiny_elf(&[(0x10_0000, &code, 16)], None), "PVH entry note"),
+        (
+            tiny_elf(&[(0x10_0000, &code, 16)], Some(0x30_0000)),
+            "not inside a loadable segment",
+        ),
+        (
+            tiny_elf(&[(0x6000, &code, 16)], Some(0x6000)),
+            "overlaps the boot pages",
+        ),
+        (
+            tiny_elf(&[(0xffff_f000, &code, 0x2000)], Some(0xffff_f000)),
+            "below 4 GiB",
+        ),
+    ] {
+        let e = wrap_pvh_elf(&elf, None, vec![]).expect_err(why);
+        assert!(e.contains(why), "{e}");
+    }
+    let mut truncated = tiny_elf(&[(0x10_0000, &code, 16)], Some(0x10_0000));
+    truncated.truncate(64 + 56);
+    let e = wrap_pvh_elf(&truncated, None, vec![]).expect_err("truncated");
+    assert!(e.contains("outside the file"), "{e}");
 }
