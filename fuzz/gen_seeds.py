@@ -470,7 +470,8 @@ def q_cf8(dev, reg):
     return q_pio_w("cf8", 0, 4, 0x80000000 | dev << 11 | reg)
 
 
-ECAM, VARS, CODE = 0, 1, 2
+ECAM, VARS, CODE, IOAPIC = 0, 1, 2, 3
+OP_IOAPIC_LINE = 7
 
 
 def gen_q35():
@@ -494,6 +495,19 @@ def gen_q35():
                 q_mmio_w(region, 0, 1, 0x98), q_mmio_r(region, 0x10, 4), q_mmio_w(region, 0, 1, 0xFF),
                 q_mmio_r(region, 0x3FFC, 8)]
     write("firmware_platform", "flash", records(ops))
+    # The split irqchip's IOAPIC: read VERSION, program pin 4 edge and pin 9 level, toggle
+    # the lines, EOI the level vector, mask again.
+    write("firmware_platform", "ioapic", records([
+        q_mmio_w(IOAPIC, 0, 4, 1), q_mmio_r(IOAPIC, 0x10, 4),
+        q_mmio_w(IOAPIC, 0, 4, 0x18), q_mmio_w(IOAPIC, 0x10, 4, 0x24),
+        q_mmio_w(IOAPIC, 0, 4, 0x19), q_mmio_w(IOAPIC, 0x10, 4, 0),
+        q_mmio_w(IOAPIC, 0, 4, 0x22), q_mmio_w(IOAPIC, 0x10, 4, 0x8029),
+        (OP_IOAPIC_LINE, bytes([4, 1, 0x24])), (OP_IOAPIC_LINE, bytes([4, 0, 0x24])),
+        (OP_IOAPIC_LINE, bytes([9, 1, 0])), (OP_IOAPIC_LINE, bytes([9, 1, 0x29])),
+        (OP_IOAPIC_LINE, bytes([200, 1, 0x29])),
+        q_mmio_w(IOAPIC, 0, 4, 0x22), q_mmio_r(IOAPIC, 0x10, 4), q_mmio_w(IOAPIC, 0x10, 4, 0x10000),
+        q_mmio_r(IOAPIC, 0xFFC, 8),
+    ]))
     # fw_cfg: directory and the loader script through DMA, the kernel through the data port.
     sel_read = 0x8 | 0x2
     write("firmware_platform", "fw_cfg", records([

@@ -2,7 +2,8 @@
 //! target: the q35 MCH and ICH9 LPC on PCI bus 0 (ports 0xCF8/0xCFC with the 0xCF9 reset
 //! register, 256-bus ECAM), the ACPI PM block the LPC decodes, the debug console, port 0x92,
 //! the reset-only i8042, fw_cfg with the ACPI tables and loader script cvmm builds, an e820
-//! map and a bzImage, and two CFI flash units (read-only code, writable variables) in memory.
+//! map and a bzImage, two CFI flash units (read-only code, writable variables) in memory, and
+//! the userspace IOAPIC of the split irqchip behind a routing table that only records.
 
 use devices::bus::{MmioBus, PioBus, PioDevice};
 use devices::chipset::{
@@ -12,6 +13,8 @@ use devices::chipset::{
 use devices::firmware::{
     DmaMemory, FwCfg, LinuxBoot, Pflash, FW_CFG_PORT_BASE, FW_CFG_PORT_LEN,
 };
+use devices::interrupt::InterruptError;
+use devices::ioapic::{Ioapic, IoapicRouting, MsiMessage, IOAPIC_BASE, IOAPIC_MMIO_LEN};
 use devices::legacy::{StopSignal, SystemControlA, I8042};
 use devices::pci::{PciBus, PciConfigIo, PciConfigMmio, PciWindow};
 use std::sync::{Arc, Mutex};
@@ -39,6 +42,20 @@ pub struct Q35Machine {
     pub mmio: MmioBus,
     pub mem: Arc<GuestMemoryMmap<()>>,
     pub stop: StopSignal,
+    /// The IOAPIC (also on the MMIO bus), for line changes and EOIs.
+    pub ioapic: Arc<Mutex<Ioapic>>,
+}
+
+/// Routes and injections go nowhere; the IOAPIC's own checks are what is fuzzed.
+struct NoRouting;
+
+impl IoapicRouting for NoRouting {
+    fn set_route(&self, _pin: u32, _msi: Option<MsiMessage>) -> Result<(), InterruptError> {
+        Ok(())
+    }
+    fn inject(&self, _msi: MsiMessage) -> Result<(), InterruptError> {
+        Ok(())
+    }
 }
 
 /// A bzImage-shaped blob: "HdrS", protocol 2.12, one setup sector.
@@ -130,11 +147,15 @@ impl Q35Machine {
             mmio.insert(base, FLASH_LEN, Arc::new(Mutex::new(f)))
                 .expect("flash ranges are free");
         }
+        let ioapic = Arc::new(Mutex::new(Ioapic::new(Arc::new(NoRouting))));
+        mmio.insert(IOAPIC_BASE, IOAPIC_MMIO_LEN, ioapic.clone())
+            .expect("the IOAPIC window is free");
         Self {
             pio,
             mmio,
             mem,
             stop,
+            ioapic,
         }
     }
 }
