@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Tier C, the one command CI runs: prepare the rig, build the outer QEMU
-# (build-outer-qemu.sh), the release cvmm and the manager_client example
-# (static), boot one L1 session running cases/tier-c.sh (QEMU vs cvmm L2 boot,
-# the Cocos guest, the manager, the firmware platform with Debian's OVMF), print
+# (build-outer-qemu.sh), the release cvmm and the manager_client and mkigvm
+# examples (static), wrap the L2 kernel and initrd into an IGVM file, boot one
+# L1 session running cases/tier-c.sh (QEMU vs cvmm L2 boot, the Cocos guest, the
+# manager, the firmware platform with Debian's OVMF, the split irqchip, the
+# IGVM-wrapped kernel), print
 # every RIG- line and finish with `tier-c: N passed, M failed`. Exit 0 only
 # when M = 0 and N > 0.
 #
@@ -26,13 +28,16 @@ main() {
         bin="$RIG_BIN_DIR"
         log "using prebuilt binaries in $bin"
     else
-        log "building the release cvmm and examples/manager_client"
+        log "building the release cvmm, examples/manager_client and examples/mkigvm"
         (cd "$REPO_DIR" && "${CARGO:-cargo}" build --release -q -p cvmm \
-            --bin cvmm --example manager_client)
+            --bin cvmm --example manager_client --example mkigvm)
         bin="${CARGO_TARGET_DIR:-$REPO_DIR/target}/x86_64-unknown-linux-gnu/release"
     fi
-    [ -x "$bin/cvmm" ] && [ -x "$bin/examples/manager_client" ] \
-        || die "no cvmm or manager_client in $bin"
+    [ -x "$bin/cvmm" ] && [ -x "$bin/examples/manager_client" ] && [ -x "$bin/examples/mkigvm" ] \
+        || die "no cvmm, manager_client or mkigvm in $bin"
+    # The stock L2 kernel and initrd as one native IGVM file (cases/cvmm-l2-igvm.sh).
+    "$bin/examples/mkigvm" --elf "$RIG_CACHE/vmlinux" --initrd "$RIG_CACHE/l2-initrd.cpio.gz" \
+        --out "$RIG_CACHE/vmlinux.igvm" >&2
     log="$RIG_CACHE/tier-c-l1.log"
     "$RIG_DIR/run-l1.sh" --case "$RIG_DIR/cases/tier-c.sh" --with-qemu \
         --add "$bin/cvmm:/bin/cvmm" \
@@ -40,6 +45,7 @@ main() {
         --add /usr/share/ovmf/OVMF.fd:/l2/OVMF.fd \
         --add /usr/share/OVMF/OVMF_CODE_4M.fd:/l2/OVMF_CODE_4M.fd \
         --add /usr/share/OVMF/OVMF_VARS_4M.fd:/l2/OVMF_VARS_4M.fd \
+        --add "$RIG_CACHE/vmlinux.igvm:/l2/vmlinux.igvm" \
         --timeout "${RIG_TIER_C_TIMEOUT:-1500}" --log "$log" "$@" || rc=$?
     passed=$(tr -d '\r' <"$log" | grep -ac '^RIG-PASS ' || true)
     failed=$(tr -d '\r' <"$log" | grep -ac '^RIG-FAIL ' || true)
