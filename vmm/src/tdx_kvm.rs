@@ -315,20 +315,12 @@ pub fn tdx_boot<'a>(
     );
     let mut ram = ram_regions(mem)?;
     let firmware = match firmware_window(&plan, &ram)? {
-        Some((gpa, size)) => {
-            let fw = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(
-                GuestAddress(gpa),
-                size as usize,
-            )])
-            .map_err(|e| VmmError::Memory(format!("TDX firmware mapping at {gpa:#x}: {e}")))?;
-            let slot = ram.len() as u32;
-            ram.extend(
-                ram_regions(&fw)?
-                    .into_iter()
-                    .map(|r| RamRegion { slot, ..r }),
-            );
-            Some(fw)
-        }
+        Some((gpa, size)) => Some(super::firmware_memslot(
+            &mut ram,
+            gpa,
+            size,
+            "TDX firmware",
+        )?),
         None => None,
     };
     let base = crate::cpuid::for_vcpu(cpuid, 0, spec.vcpus);

@@ -439,6 +439,25 @@ pub fn ram_regions(mem: &GuestMem) -> Result<Vec<RamRegion>> {
         .collect()
 }
 
+/// Maps `size` bytes at guest-physical `gpa` for firmware the launch copies in (private
+/// memory like RAM: the launch fills it) and appends it to `ram` as the next memslot.
+pub(crate) fn firmware_memslot(
+    ram: &mut Vec<RamRegion>,
+    gpa: u64,
+    size: u64,
+    what: &str,
+) -> Result<GuestMem> {
+    let fw = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(gpa), size as usize)])
+        .map_err(|e| VmmError::Memory(format!("{what} mapping at {gpa:#x}: {e}")))?;
+    let slot = ram.len() as u32;
+    ram.extend(
+        ram_regions(&fw)?
+            .into_iter()
+            .map(|r| RamRegion { slot, ..r }),
+    );
+    Ok(fw)
+}
+
 /// C-bit position and reduced physical address bits from CPUID 0x8000001F EBX (51 and 1, the
 /// usual values, when the leaf is absent).
 fn cbit(cpuid: &CpuId) -> (u8, u8) {
@@ -561,19 +580,13 @@ pub fn snp_boot<'a>(
     let mut ram = ram_regions(mem)?;
     let firmware = match ovmf_len {
         Some(len) => {
-            let gpa = (1u64 << 32) - len.next_multiple_of(4096);
-            let fw = vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(
-                GuestAddress(gpa),
-                len.next_multiple_of(4096) as usize,
-            )])
-            .map_err(|e| VmmError::Memory(format!("firmware mapping at {gpa:#x}: {e}")))?;
-            let slot = ram.len() as u32;
-            ram.extend(
-                ram_regions(&fw)?
-                    .into_iter()
-                    .map(|r| RamRegion { slot, ..r }),
-            );
-            Some(fw)
+            let size = len.next_multiple_of(4096);
+            Some(firmware_memslot(
+                &mut ram,
+                (1u64 << 32) - size,
+                size,
+                "firmware",
+            )?)
         }
         None => None,
     };
