@@ -631,31 +631,44 @@ fn plain_boot(
         }
         (None, None) => {
             return Err(VmmError::Input(
-                "firmware boot without --tee snp is not supported; give --kernel or --igvm".into(),
+                "nothing to boot: give --kernel, --igvm or --firmware".into(),
             ))
         }
     };
     timeline.mark("images_loaded");
 
+    let vcpus = create_vcpus(&vm, spec, supported, |fd| match &bsp {
+        BspStart::Kernel(entry) => {
+            regs::setup_sregs(mem, fd, entry)?;
+            regs::setup_regs(fd, entry)
+        }
+        BspStart::Igvm(ctx) => crate::igvm_boot::apply_context(fd, ctx),
+    })?;
+    timeline.mark("vcpus_created");
+    Ok((vm, vcpus))
+}
+
+/// Creates the spec's vCPUs with the set-up every boot path shares; `bsp` then sets vCPU 0's
+/// start state.
+fn create_vcpus(
+    vm: &VmFd,
+    spec: &VmSpec,
+    supported: &CpuId,
+    bsp: impl FnOnce(&kvm_ioctls::VcpuFd) -> Result<()>,
+) -> Result<Vcpus> {
     let mut vcpus = Vec::new();
+    let mut bsp = Some(bsp);
     for id in 0..spec.vcpus {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(kvm_call("KVM_CREATE_VCPU"))?;
         setup_vcpu(&fd, id, supported, spec.vcpus)?;
-        if id == 0 {
-            match &bsp {
-                BspStart::Kernel(entry) => {
-                    regs::setup_sregs(mem, &fd, entry)?;
-                    regs::setup_regs(&fd, entry)?;
-                }
-                BspStart::Igvm(ctx) => crate::igvm_boot::apply_context(&fd, ctx)?,
-            }
+        if let Some(start) = bsp.take() {
+            start(&fd)?;
         }
         vcpus.push((id, fd));
     }
-    timeline.mark("vcpus_created");
-    Ok((vm, vcpus))
+    Ok(vcpus)
 }
 
 /// What a firmware boot hands to the device stage.
@@ -706,14 +719,8 @@ fn boot_firmware(
     }
     let platform = firmware_platform(spec, mem, supported, timeline, false, chip, units)?;
     timeline.mark("images_loaded");
-    let mut vcpus = Vec::new();
-    for id in 0..spec.vcpus {
-        let fd = vm
-            .create_vcpu(u64::from(id))
-            .map_err(kvm_call("KVM_CREATE_VCPU"))?;
-        setup_vcpu(&fd, id, supported, spec.vcpus)?;
-        vcpus.push((id, fd));
-    }
+    // The BSP keeps the architectural reset state: it starts at the reset vector.
+    let vcpus = create_vcpus(&vm, spec, supported, |_| Ok(()))?;
     timeline.mark("vcpus_created");
     Ok((vm, vcpus, platform))
 }
