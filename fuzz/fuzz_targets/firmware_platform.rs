@@ -23,25 +23,11 @@
 #![no_main]
 
 use cvmm_fuzz::q35::{Q35Machine, CODE_BASE, FLASH_LEN, MEM, PORTS, VARS_BASE};
+use cvmm_fuzz::{access_value as value, le32_at as u32_at};
 use devices::chipset::Q35_ECAM_BASE;
 use devices::ioapic::{IOAPIC_BASE, IOAPIC_MMIO_LEN};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};
-
-fn value(width: usize, bytes: &[u8]) -> [u8; 8] {
-    let mut v = [0u8; 8];
-    let n = bytes.len().min(width);
-    v[..n].copy_from_slice(&bytes[..n]);
-    v
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut v = [0u8; 4];
-    for (i, x) in v.iter_mut().enumerate() {
-        *x = b.get(at + i).copied().unwrap_or(0);
-    }
-    u32::from_le_bytes(v)
-}
 
 fuzz_target!(|data: &[u8]| {
     let m = Q35Machine::new();

@@ -18,23 +18,9 @@
 #![no_main]
 
 use cvmm_fuzz::machine::{Machine, ECAM_BASE, MEM, PCI_MMIO_BASE, PORTS};
+use cvmm_fuzz::{access_value as value, le32_at as u32_at};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress};
-
-fn value(width: usize, bytes: &[u8]) -> [u8; 8] {
-    let mut v = [0u8; 8];
-    let n = bytes.len().min(width);
-    v[..n].copy_from_slice(&bytes[..n]);
-    v
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut v = [0u8; 4];
-    for (i, x) in v.iter_mut().enumerate() {
-        *x = b.get(at + i).copied().unwrap_or(0);
-    }
-    u32::from_le_bytes(v)
-}
 
 fuzz_target!(|data: &[u8]| {
     let m = Machine::new();

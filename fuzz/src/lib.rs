@@ -28,6 +28,23 @@ pub fn records(mut data: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
     })
 }
 
+/// The first `width` bytes of an access's value (zero-padded), as a vCPU exit carries it.
+pub fn access_value(width: usize, bytes: &[u8]) -> [u8; 8] {
+    let mut v = [0u8; 8];
+    let n = bytes.len().min(width).min(8);
+    v[..n].copy_from_slice(&bytes[..n]);
+    v
+}
+
+/// The little-endian u32 at `at` in `b` (missing bytes read as zero).
+pub fn le32_at(b: &[u8], at: usize) -> u32 {
+    let mut v = [0u8; 4];
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = b.get(at + i).copied().unwrap_or(0);
+    }
+    u32::from_le_bytes(v)
+}
+
 /// Encodes records in the format [`records`] reads (for seeds).
 pub fn encode_records(recs: &[(u8, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();

@@ -10,9 +10,7 @@ use devices::chipset::{
     AcpiPm, DebugConsole, Ich9Lpc, PmDecode, Q35Mch, DEBUGCON_PORT, LPC_SLOT, PM_BLOCK_LEN,
     Q35_ECAM_BASE, Q35_ECAM_SIZE, Q35_PM_BASE,
 };
-use devices::firmware::{
-    DmaMemory, FwCfg, LinuxBoot, Pflash, FW_CFG_PORT_BASE, FW_CFG_PORT_LEN,
-};
+use devices::firmware::{DmaMemory, FwCfg, LinuxBoot, Pflash, FW_CFG_PORT_BASE, FW_CFG_PORT_LEN};
 use devices::interrupt::InterruptError;
 use devices::ioapic::{Ioapic, IoapicRouting, MsiMessage, IOAPIC_BASE, IOAPIC_MMIO_LEN};
 use devices::legacy::{StopSignal, SystemControlA, I8042};

@@ -9,20 +9,16 @@ script fills in), padded to whole sectors, then the protected-mode payload that 
 0x100000 (Linux 32-bit entry at +0, 64-bit entry at +0x200).
 """
 import struct
-import subprocess
 import sys
+
+import elfsym
 
 LOAD_ADDR = 0x100000
 HEADER_END = 0x270  # first byte of stub code; header fields end at 0x268 (protocol 2.12)
 
 
 def symbol(elf, name):
-    out = subprocess.run(["nm", elf], check=True, capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[2] == name:
-            return int(parts[0], 16)
-    sys.exit(f"mkbzimage: symbol {name} not found in {elf}")
+    return elfsym.symbol(elf, name, "mkbzimage")
 
 
 def main():

@@ -13,8 +13,9 @@ Layout (offset: flash address):
   0x3f000 (0xfffff000)  the reset page from the ELF's .fwpage section: 16-bit stub at +0,
                         32-bit copy loop at +0x80, GDT at +0x100, reset vector at +0xff0
 """
-import subprocess
 import sys
+
+import elfsym
 
 FLASH_SIZE = 0x40000
 FLASH_BASE = (1 << 32) - FLASH_SIZE
@@ -41,12 +42,7 @@ LOAD_ADDR = 0x100000
 
 
 def symbol(elf, name):
-    out = subprocess.run(["nm", elf], check=True, capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[2] == name:
-            return int(parts[0], 16)
-    sys.exit(f"mkfwimage: symbol {name} not found in {elf}")
+    return elfsym.symbol(elf, name, "mkfwimage")
 
 
 def main():
