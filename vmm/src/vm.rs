@@ -588,9 +588,11 @@ fn plain_boot(
 ) -> Result<(VmFd, Vcpus)> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     timeline.mark("kvm_vm_created");
-    platform_setup(&vm, KVM_TSS_ADDR, chip)?;
+    // Memslots before the irqchip: on PVM hosts a memslot added once the in-kernel irqchip
+    // exists costs ~5 ms instead of ~0.2 ms. The split irqchip only needs to precede vCPUs.
     map_ram(&vm, mem)?;
     timeline.mark("memory_mapped");
+    platform_setup(&vm, KVM_TSS_ADDR, chip)?;
 
     // ACPI goes first: an IGVM file's pages may overwrite the BIOS area if it wants to.
     let acpi_platform = acpi::AcpiPlatform::direct().with_split_irqchip(chip == IrqChip::Split);
@@ -707,12 +709,12 @@ fn boot_firmware(
     let mut units = crate::firmware::load_units(spec)?;
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     timeline.mark("kvm_vm_created");
-    platform_setup(&vm, crate::firmware::FW_TSS_ADDR, chip)?;
     map_ram(&vm, mem)?;
     for u in &mut units {
         u.map(&vm)?;
     }
     timeline.mark("memory_mapped");
+    platform_setup(&vm, crate::firmware::FW_TSS_ADDR, chip)?;
     if kvm.check_extension(kvm_ioctls::Cap::SetIdentityMapAddr) {
         vm.set_identity_map_address(crate::firmware::FW_IDENTITY_MAP_ADDR)
             .map_err(kvm_call("KVM_SET_IDENTITY_MAP_ADDR"))?;
