@@ -34,6 +34,17 @@ pub enum TeeChoice {
     Tdx,
 }
 
+/// How plain (non-TEE) VMs boot (`MANAGER_VMM_PLAIN_BOOT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainBoot {
+    /// The kernel directly (default: no firmware to wait for).
+    Direct,
+    /// Through UEFI: `OVMF_CODE_FILE` as read-only flash, a per-VM copy of `OVMF_VARS_FILE`
+    /// as the variable store, the kernel handed over by fw_cfg (what the Go manager's QEMU
+    /// line does).
+    Uefi,
+}
+
 /// Server TLS material; client certificates are required when `client_ca` is non-empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
@@ -66,6 +77,10 @@ pub struct VmDefaults {
     pub kernel_cmdline: String,
     /// `OVMF_FILE`: TDX firmware.
     pub ovmf_file: PathBuf,
+    /// `OVMF_CODE_FILE`: firmware code for plain VMs booted through UEFI.
+    pub ovmf_code_file: PathBuf,
+    /// `OVMF_VARS_FILE`: the variable-store template each UEFI-booted plain VM gets a copy of.
+    pub ovmf_vars_file: PathBuf,
     /// `IGVM_FILE`: SNP launch image.
     pub igvm_file: PathBuf,
     /// `SEV_SNP_CBIT_POS` (or the documented spelling `SEV_SNP_CBITPOS`).
@@ -119,6 +134,8 @@ pub struct ManagerConfig {
     pub state_dir: PathBuf,
     /// `MANAGER_VMM_HOST_FWD_ADDR`: address the forwarded ports are bound on (default all).
     pub host_fwd_addr: IpAddr,
+    /// `MANAGER_VMM_PLAIN_BOOT`: direct (default) or uefi.
+    pub plain_boot: PlainBoot,
     /// `MANAGER_VMM_STOP_TIMEOUT`: SIGTERM to SIGKILL delay on RemoveVm (default 30s).
     pub stop_timeout: Duration,
     /// Variables that were set but have no meaning here (logged once by `serve`).
@@ -139,11 +156,9 @@ const QEMU_IGNORED: &[&str] = &[
     "OVMF_CODE_FORMAT",
     "OVMF_CODE_UNIT",
     "OVMF_CODE_READONLY",
-    "OVMF_CODE_FILE",
     "OVMF_VARS_IF",
     "OVMF_VARS_FORMAT",
     "OVMF_VARS_UNIT",
-    "OVMF_VARS_FILE",
     "NETDEV_ID",
     "HOST_FWD_AGENT",
     "VIRTIO_NET_PCI_DISABLE_LEGACY",
@@ -183,6 +198,8 @@ const QEMU_KEPT: &[&str] = &[
     "KERNEL_CMDLINE",
     "ENABLE_DISK",
     "OVMF_FILE",
+    "OVMF_CODE_FILE",
+    "OVMF_VARS_FILE",
     "IGVM_FILE",
     "SEV_SNP_CBIT_POS",
     "SEV_SNP_CBITPOS",
@@ -378,6 +395,12 @@ impl ManagerConfig {
                 .into(),
             kernel_cmdline: v.string(&q("KERNEL_CMDLINE"), "quiet console=null"),
             ovmf_file: v.string(&q("OVMF_FILE"), "/usr/share/ovmf/OVMF.fd").into(),
+            ovmf_code_file: v
+                .string(&q("OVMF_CODE_FILE"), "/usr/share/OVMF/OVMF_CODE.fd")
+                .into(),
+            ovmf_vars_file: v
+                .string(&q("OVMF_VARS_FILE"), "/usr/share/OVMF/OVMF_VARS.fd")
+                .into(),
             igvm_file: v.string(&q("IGVM_FILE"), "/root/coconut-qemu.igvm").into(),
             sev_snp_cbit_pos: v.parse(&cbit_var, 51, "expected a bit position")?,
             sev_snp_reduced_phys_bits: v.parse(
@@ -426,6 +449,17 @@ impl ManagerConfig {
                 ))
             }
         };
+        let plain_boot = match v.get("MANAGER_VMM_PLAIN_BOOT").unwrap_or("direct") {
+            "direct" => PlainBoot::Direct,
+            "uefi" => PlainBoot::Uefi,
+            other => {
+                return Err(invalid(
+                    "MANAGER_VMM_PLAIN_BOOT",
+                    other,
+                    "expected direct or uefi",
+                ))
+            }
+        };
         let stop_timeout = match v.get("MANAGER_VMM_STOP_TIMEOUT") {
             None => Duration::from_secs(30),
             Some(s) => {
@@ -467,6 +501,7 @@ impl ManagerConfig {
                 IpAddr::from([0, 0, 0, 0]),
                 "expected an IP address",
             )?,
+            plain_boot,
             stop_timeout,
             ignored_vars,
         })

@@ -3,7 +3,7 @@
 //! RemoveVm (SIGTERM, SIGKILL after a bound, reap), TTLs, and re-adoption of the VMs recorded
 //! in the state directory by an earlier manager (stopping those it left without a record).
 
-use crate::config::ManagerConfig;
+use crate::config::{ManagerConfig, PlainBoot};
 use crate::metrics::Metrics;
 use crate::pb::CreateReq;
 use crate::process::{
@@ -210,6 +210,14 @@ impl Manager {
         listener: &TcpListener,
     ) -> Result<(Child, OwnedFd), VmError> {
         let spec = self.vm_spec(id, dir, req, port);
+        if let Some(vars) = &spec.firmware_vars {
+            // The VM's own variable store, removed with its directory.
+            let template = &self.cfg.vm.ovmf_vars_file;
+            std::fs::copy(template, vars).map_err(|e| {
+                let msg = format!("copying {} to {}: {e}", template.display(), vars.display());
+                self.files_err(id, io::Error::new(e.kind(), msg))
+            })?;
+        }
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| self.files_err(id, io::Error::other(e)))?;
         state::write_private(&dir.spec(), &json).map_err(|e| self.files_err(id, e))?;
@@ -246,6 +254,8 @@ impl Manager {
     fn vm_spec(&self, id: &str, dir: &VmDir, req: &VmRequest, port: u16) -> VmSpec {
         let vm = &self.cfg.vm;
         let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        // Plain VMs boot through OVMF (code as flash, their own variable store) when configured.
+        let uefi = self.tee == TeeMode::None && self.cfg.plain_boot == PlainBoot::Uefi;
         VmSpec {
             name: id.to_string(),
             kernel: Some(abs(&vm.kernel)),
@@ -275,7 +285,12 @@ impl Manager {
                     )]),
                 },
             ],
-            firmware: (self.tee == TeeMode::Tdx).then(|| abs(&vm.ovmf_file)),
+            firmware: match self.tee {
+                TeeMode::Tdx => Some(abs(&vm.ovmf_file)),
+                TeeMode::None if uefi => Some(abs(&vm.ovmf_code_file)),
+                _ => None,
+            },
+            firmware_vars: uefi.then(|| dir.ovmf_vars()),
             igvm: (self.tee == TeeMode::Snp).then(|| abs(&vm.igvm_file)),
             tee: self.tee,
             snp: vmm::spec::SnpSettings {

@@ -37,6 +37,16 @@ pub enum ApiError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A firmware file the configuration names cannot be read.
+    #[error("{var}={path}: {source}")]
+    Firmware {
+        /// The variable naming it.
+        var: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The state directory is unusable.
     #[error("state directory {path}: {source}")]
     StateDir {
@@ -102,6 +112,18 @@ pub async fn serve_on(
     // The signing key is checked before anything else so a bad one stops start-up at once.
     let tee = host::resolve(config.tee);
     let policy = PolicyMaker::new(&config, tee)?;
+    if tee == vmm::spec::TeeMode::None && config.plain_boot == crate::config::PlainBoot::Uefi {
+        for (var, path) in [
+            ("MANAGER_QEMU_OVMF_CODE_FILE", &config.vm.ovmf_code_file),
+            ("MANAGER_QEMU_OVMF_VARS_FILE", &config.vm.ovmf_vars_file),
+        ] {
+            std::fs::File::open(path).map_err(|source| ApiError::Firmware {
+                var,
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
     for var in &config.ignored_vars {
         tracing::info!(variable = %var, "variable has no meaning for cvmm and is ignored");
     }

@@ -1,7 +1,8 @@
 //! The state directory: one sub-directory per VM, `<state>/<cvm_id>/`, holding `vm.json` (the
 //! record a restarted manager re-adopts from), `spec.json` (the VmSpec, mode 0600: it carries
-//! the client key), `console.log` (the VM process's output) and `control.sock` (the VM
-//! process's control socket). Removing the directory removes everything a VM left on disk.
+//! the client key), `console.log` (the VM process's output), `control.sock` (the VM
+//! process's control socket) and, for UEFI-booted VMs, `OVMF_VARS.fd` (its variable store).
+//! Removing the directory removes everything a VM left on disk.
 
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
@@ -39,6 +40,10 @@ impl VmDir {
     /// stdout/stderr of the VM process.
     pub fn console(&self) -> PathBuf {
         self.0.join("console.log")
+    }
+    /// The VM's copy of the UEFI variable store (UEFI-booted plain VMs).
+    pub fn ovmf_vars(&self) -> PathBuf {
+        self.0.join("OVMF_VARS.fd")
     }
     /// Boot timeline the VM writes at exit.
     pub fn timeline(&self) -> PathBuf {

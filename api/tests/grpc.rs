@@ -316,3 +316,105 @@ async fn an_unreadable_signing_key_stops_start_up_naming_the_variable() {
         other => panic!("expected a configuration error, got {other:?}"),
     }
 }
+
+/// A manager booting plain VMs through UEFI, with firmware files of its own under `root`.
+async fn uefi_harness(vars_template: &[u8]) -> Harness {
+    let root = scratch();
+    let (code, vars) = (root.join("OVMF_CODE.fd"), root.join("OVMF_VARS.fd"));
+    std::fs::write(&code, b"code").unwrap();
+    std::fs::write(&vars, vars_template).unwrap();
+    let exe = fake_vm(&root, SLEEPER);
+    let cfg = config(
+        &root,
+        &root.join("state"),
+        &exe,
+        &[
+            ("MANAGER_VMM_PLAIN_BOOT", "uefi".into()),
+            ("MANAGER_QEMU_OVMF_CODE_FILE", code.display().to_string()),
+            ("MANAGER_QEMU_OVMF_VARS_FILE", vars.display().to_string()),
+        ],
+    );
+    Harness::start_with(root, cfg).await
+}
+
+#[tokio::test]
+async fn uefi_vms_each_get_their_own_vars_copy_removed_with_them() {
+    let h = uefi_harness(b"template variables").await;
+    let mut c = h.client().await;
+    let a = c.create_vm(create_req()).await.unwrap().into_inner();
+    let b = c.create_vm(create_req()).await.unwrap().into_inner();
+    let (dir_a, dir_b) = (h.vm_dir(&a.cvm_id), h.vm_dir(&b.cvm_id));
+    for dir in [&dir_a, &dir_b] {
+        let spec: vmm::spec::VmSpec =
+            serde_json::from_slice(&std::fs::read(dir.join("spec.json")).unwrap()).unwrap();
+        assert_eq!(spec.firmware, Some(h.root.join("OVMF_CODE.fd")));
+        assert_eq!(spec.firmware_vars, Some(dir.join("OVMF_VARS.fd")));
+        assert_eq!(
+            std::fs::read(dir.join("OVMF_VARS.fd")).unwrap(),
+            b"template variables"
+        );
+    }
+    // A write by one VM's firmware stays in its copy.
+    std::fs::write(dir_a.join("OVMF_VARS.fd"), b"changed by VM a").unwrap();
+    assert_eq!(
+        std::fs::read(dir_b.join("OVMF_VARS.fd")).unwrap(),
+        b"template variables"
+    );
+    assert_eq!(
+        std::fs::read(h.root.join("OVMF_VARS.fd")).unwrap(),
+        b"template variables",
+        "the template is never written"
+    );
+    c.remove_vm(remove(&a.cvm_id)).await.unwrap();
+    assert!(!dir_a.exists(), "the VARS copy goes with the VM");
+    assert!(dir_b.join("OVMF_VARS.fd").exists());
+    c.remove_vm(remove(&b.cvm_id)).await.unwrap();
+    assert_eq!(vm_dirs(&h), 0);
+}
+
+#[tokio::test]
+async fn direct_plain_boot_has_no_firmware() {
+    let h = Harness::start(SLEEPER, &[]).await;
+    let mut c = h.client().await;
+    let res = c.create_vm(create_req()).await.unwrap().into_inner();
+    let dir = h.vm_dir(&res.cvm_id);
+    let spec: vmm::spec::VmSpec =
+        serde_json::from_slice(&std::fs::read(dir.join("spec.json")).unwrap()).unwrap();
+    assert_eq!((spec.firmware, spec.firmware_vars), (None, None));
+    assert!(!dir.join("OVMF_VARS.fd").exists());
+    c.remove_vm(remove(&res.cvm_id)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_vars_template_stops_start_up_naming_the_variable() {
+    let root = scratch();
+    let exe = fake_vm(&root, SLEEPER);
+    std::fs::write(root.join("CODE.fd"), b"code").unwrap();
+    let cfg = config(
+        &root,
+        &root.join("state"),
+        &exe,
+        &[
+            ("MANAGER_VMM_PLAIN_BOOT", "uefi".into()),
+            (
+                "MANAGER_QEMU_OVMF_CODE_FILE",
+                root.join("CODE.fd").display().to_string(),
+            ),
+            (
+                "MANAGER_QEMU_OVMF_VARS_FILE",
+                "/nonexistent/OVMF_VARS.fd".into(),
+            ),
+        ],
+    );
+    let mut h = Harness::start_with(root, cfg).await;
+    match h.shutdown().await {
+        Err(e @ api::ApiError::Firmware { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("MANAGER_QEMU_OVMF_VARS_FILE=/nonexistent/OVMF_VARS.fd: "),
+                "{msg}"
+            );
+        }
+        other => panic!("expected a firmware error, got {other:?}"),
+    }
+}

@@ -22,7 +22,26 @@ fn defaults_match_the_go_manager() {
     assert_eq!(c.grpc_tls, None);
     assert_eq!(c.tee, TeeChoice::Auto);
     assert_eq!(c.stop_timeout, Duration::from_secs(30));
+    assert_eq!(c.plain_boot, PlainBoot::Direct);
     assert!(c.ignored_vars.is_empty());
+}
+
+#[test]
+fn uefi_plain_boot_keeps_the_ovmf_code_and_vars_files() {
+    let c = cfg(&[
+        ("MANAGER_VMM_PLAIN_BOOT", "uefi"),
+        ("MANAGER_QEMU_OVMF_CODE_FILE", "/fw/CODE.fd"),
+        ("MANAGER_QEMU_OVMF_VARS_FILE", "/fw/VARS.fd"),
+    ])
+    .unwrap();
+    assert_eq!(c.plain_boot, PlainBoot::Uefi);
+    assert_eq!(c.vm.ovmf_code_file, PathBuf::from("/fw/CODE.fd"));
+    assert_eq!(c.vm.ovmf_vars_file, PathBuf::from("/fw/VARS.fd"));
+    assert!(
+        c.ignored_vars.is_empty(),
+        "the OVMF file names are used, not ignored: {:?}",
+        c.ignored_vars
+    );
 }
 
 #[test]
@@ -89,6 +108,7 @@ fn bad_values_name_the_variable() {
         ("MANAGER_HTTP_PORT", "http"),
         ("MANAGER_MAX_VMS", "ten"),
         ("MANAGER_VMM_TEE", "sev"),
+        ("MANAGER_VMM_PLAIN_BOOT", "bios"),
         ("MANAGER_VMM_STOP_TIMEOUT", "30"),
         ("MANAGER_QEMU_ENABLE_HOST_DATA", "yes"),
         ("MANAGER_VMM_HOST_FWD_ADDR", "localhost:1"),
