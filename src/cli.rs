@@ -129,6 +129,16 @@ struct RunArgs {
     /// KVM, cvmm's IOAPIC, no PIC and no PIT). TDX guests always use split.
     #[arg(long, default_value = "kernel")]
     irqchip: String,
+    /// TDX: MRCONFIGID of the TD report, 96 hex digits or base64 of 48 bytes (QEMU's
+    /// tdx-guest mrconfigid); zero when not given.
+    #[arg(long = "tdx-mrconfigid")]
+    tdx_mrconfigid: Option<String>,
+    /// TDX: MROWNER of the TD report, as --tdx-mrconfigid.
+    #[arg(long = "tdx-mrowner")]
+    tdx_mrowner: Option<String>,
+    /// TDX: MROWNERCONFIG of the TD report, as --tdx-mrconfigid.
+    #[arg(long = "tdx-mrownerconfig")]
+    tdx_mrownerconfig: Option<String>,
 }
 
 #[derive(Args)]
@@ -395,6 +405,29 @@ impl RunArgs {
         if !fw_cfg.is_empty() && self.firmware.is_none() && self.firmware_code.is_none() {
             return Err("--fw-cfg is for the firmware: give --firmware or --firmware-code".into());
         }
+        let tee = parse_tee(&self.tee)?;
+        let mut tdx = vmm::spec::TdxSettings::default();
+        for (flag, text, slot) in [
+            (
+                "--tdx-mrconfigid",
+                &self.tdx_mrconfigid,
+                &mut tdx.mrconfigid,
+            ),
+            ("--tdx-mrowner", &self.tdx_mrowner, &mut tdx.mrowner),
+            (
+                "--tdx-mrownerconfig",
+                &self.tdx_mrownerconfig,
+                &mut tdx.mrownerconfig,
+            ),
+        ] {
+            let Some(text) = text else { continue };
+            if matches!(tee, TeeMode::None | TeeMode::Snp) {
+                return Err(format!(
+                    "{flag} sets a TD report value: it needs --tee tdx (or auto)"
+                ));
+            }
+            *slot = Some(vmm::spec::TdReportValue::parse(flag, text)?);
+        }
         Ok(VmSpec {
             forwards,
             shares,
@@ -405,7 +438,8 @@ impl RunArgs {
             firmware_vars: self.firmware_vars,
             firmware_log: self.firmware_log,
             fw_cfg,
-            tee: parse_tee(&self.tee)?,
+            tee,
+            tdx,
             initrd: self.initrd,
             cmdline: self.append,
             vcpus: parse_smp(&self.smp)?,
@@ -736,6 +770,45 @@ mod tests {
         assert_eq!(parse_tee("snp"), Ok(TeeMode::Snp));
         assert_eq!(parse_tee("tdx"), Ok(TeeMode::Tdx));
         assert!(parse_tee("sev").unwrap_err().contains("'sev'"));
+    }
+
+    fn run_spec(extra: &[&str]) -> Result<VmSpec, String> {
+        let args = ["cvmm", "run", "--kernel", "/k"].iter().chain(extra);
+        match Cli::try_parse_from(args).map_err(|e| e.to_string())?.cmd {
+            Command::Run(a) => a.into_spec(),
+            _ => unreachable!("parsed as run"),
+        }
+    }
+
+    #[test]
+    fn tdx_report_value_flags_take_hex_or_base64_and_need_tdx() {
+        use vmm::spec::TdReportValue;
+        let hex = "5a".repeat(48);
+        let b64 = base64(&[0xa5; 48]);
+        let spec = run_spec(&[
+            "--tee",
+            "tdx",
+            "--tdx-mrconfigid",
+            &hex,
+            "--tdx-mrownerconfig",
+            &b64,
+        ])
+        .unwrap();
+        assert_eq!(spec.tdx.mrconfigid, Some(TdReportValue([0x5a; 48])));
+        assert_eq!(spec.tdx.mrowner, None);
+        assert_eq!(spec.tdx.mrownerconfig, Some(TdReportValue([0xa5; 48])));
+        let e = run_spec(&["--tee", "tdx", "--tdx-mrowner", "abcd"]).unwrap_err();
+        assert!(e.starts_with("--tdx-mrowner 'abcd'"), "{e}");
+        let e = run_spec(&["--tee", "tdx", "--tdx-mrowner", &base64(&[1; 32])]).unwrap_err();
+        assert!(e.contains("--tdx-mrowner") && e.contains("32 bytes"), "{e}");
+        for tee in ["none", "snp"] {
+            let e = run_spec(&["--tee", tee, "--tdx-mrconfigid", &hex]).unwrap_err();
+            assert!(
+                e.contains("--tdx-mrconfigid") && e.contains("--tee tdx"),
+                "{e}"
+            );
+        }
+        assert!(run_spec(&["--tee", "auto", "--tdx-mrowner", &hex]).is_ok());
     }
 
     #[test]

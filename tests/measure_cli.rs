@@ -1,5 +1,6 @@
-//! `cvmm measure` against an independent tool: `sev-snp-measure` (PyPI) on Debian's OVMF.
-//! With CVMM_REQUIRE_ORACLES=1 (CI) a missing tool or image is a failure, not a skip.
+//! `cvmm measure` against an independent tool: `sev-snp-measure` (PyPI) on Debian's OVMF, and
+//! on tee's synthetic AmdSev-style firmware (with SNP_KERNEL_HASHES) for a measured direct
+//! boot. With CVMM_REQUIRE_ORACLES=1 (CI) a missing tool or image is a failure, not a skip.
 
 mod common;
 
@@ -51,6 +52,74 @@ fn snp_digest_matches_sev_snp_measure_for_ovmf() {
         };
         assert_eq!(ours, theirs.trim().to_lowercase(), "{vcpus} x {ty}");
     }
+}
+
+/// `--kernel/--initrd/--append` through the CLI: the digest with the SEV hashes table equals
+/// sev-snp-measure's for the same synthetic firmware (the one tee's library-level test uses).
+#[test]
+fn snp_direct_boot_digest_matches_sev_snp_measure() {
+    let test = "snp_direct_boot_digest_matches_sev_snp_measure";
+    let dir = std::env::temp_dir().join(format!("cvmm-measure-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ovmf, kernel, initrd) = (
+        dir.join("amdsev.fd"),
+        dir.join("bzImage"),
+        dir.join("initrd.img"),
+    );
+    std::fs::write(&ovmf, tee::testutil::SynthOvmf::amdsev().build()).unwrap();
+    let kernel_bytes: Vec<u8> = (0..50_000u32).map(|i| ((i * 31) >> 3) as u8).collect();
+    std::fs::write(&kernel, kernel_bytes).unwrap();
+    std::fs::write(&initrd, b"initrd contents").unwrap();
+    let cmdline = "console=ttyS0 root=/dev/vda quiet";
+    let (o, k, i) = (
+        ovmf.to_str().unwrap(),
+        kernel.to_str().unwrap(),
+        initrd.to_str().unwrap(),
+    );
+    let cvmm_measure = |args: &[&str]| -> String {
+        let out = Command::new(common::cvmm())
+            .arg("measure")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let mut digests = Vec::new();
+    for (vcpus, ty) in [("1", "EPYC-v4"), ("3", "EPYC-Milan")] {
+        let args = [
+            "--mode",
+            "snp",
+            "--vcpus",
+            vcpus,
+            "--vcpu-type",
+            ty,
+            "--ovmf",
+            o,
+            "--kernel",
+            k,
+            "--initrd",
+            i,
+            "--append",
+            cmdline,
+        ];
+        let ours = cvmm_measure(&args);
+        assert_eq!(ours.len(), 96, "{ours}");
+        let Some(theirs) = tee::testutil::sev_snp_measure(test, &dir, &args) else {
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        };
+        assert_eq!(ours, theirs, "{vcpus} x {ty}");
+        digests.push(ours);
+    }
+    // The kernel is part of the measurement: without it the digest differs.
+    let firmware_only = cvmm_measure(&["--mode", "snp", "--vcpus", "1", "--ovmf", o]);
+    assert_ne!(firmware_only, digests[0]);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

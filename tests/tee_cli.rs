@@ -95,6 +95,24 @@ fn bad_tee_value_is_named() {
 }
 
 #[test]
+fn bad_td_report_value_is_bad_input_naming_the_flag() {
+    let r = run_cvmm(
+        &[
+            "run",
+            "--kernel",
+            "/k",
+            "--tee",
+            "tdx",
+            "--tdx-mrowner",
+            "0102",
+        ],
+        LIMIT,
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("--tdx-mrowner '0102'"), "{}", r.stderr);
+}
+
+#[test]
 fn auto_and_none_boot_plain_here() {
     if host_has_tee() {
         println!("SKIPPED: tee flags: this host advertises SNP or TDX");

@@ -1,11 +1,13 @@
 //! IGVM file → SEV-SNP launch plan (spec §7). Directives are applied in file order for the SNP
 //! platform's compatibility mask; the `--check-kvm` rules of §7.2 are enforced on the input; the
 //! VMSA (`SNP_VP_CONTEXT`) becomes vCPU 0's register state, because KVM builds and measures the
-//! VMSA itself at `LAUNCH_FINISH`. The digest of the plan equals `igvmmeasure measure` (and the
-//! `igvm` crate's `generate_snp_measurement`) for files that pass the rules, except for parameter
-//! areas larger than 4 KiB, where cvmm measures the whole area as its launch issues it (§12.12).
+//! VMSA itself at `LAUNCH_FINISH`. Two directives over one guest page are refused
+//! ([`PageClaims`], shared with the TDX plan and the native loader). The digest of the plan
+//! equals `igvmmeasure measure` (and the `igvm` crate's `generate_snp_measurement`) for files
+//! that pass the rules, except for parameter areas larger than 4 KiB, where cvmm measures the
+//! whole area as its launch issues it (§12.12).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader};
 use igvm_defs::{IgvmPageDataType, IgvmPlatformType};
@@ -32,6 +34,60 @@ pub fn page_data_size(gpa: u64, is_2mb: bool, data_len: usize) -> Result<u64, St
         ));
     }
     Ok(len)
+}
+
+/// One directive's claim on guest pages: `len` bytes from `gpa`, for the error that names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageClaim {
+    /// Index of the directive in the file.
+    pub index: usize,
+    /// Directive type as the errors spell it (`PAGE_DATA`, `PARAMETER_INSERT`, ...).
+    pub kind: &'static str,
+    pub gpa: u64,
+    pub len: u64,
+}
+
+impl std::fmt::Display for PageClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "directive {} ({} at gpa {:#x}, {:#x} bytes)",
+            self.index, self.kind, self.gpa, self.len
+        )
+    }
+}
+
+/// The guest pages an IGVM file's directives have claimed so far. A second directive over a
+/// page already claimed (a 2 MiB page over a 4 KiB one, a parameter area over page data, the
+/// VMSA over data) is an error: loading it would silently overwrite the first, and launching it
+/// would issue a second `LAUNCH_UPDATE` / `INIT_MEM_REGION` of a page the firmware has already
+/// accepted. One check for the SEV-SNP plan, the TDX plan and the native loader.
+#[derive(Debug, Default)]
+pub struct PageClaims {
+    /// Claims by start GPA; they never overlap, so only the one starting last below a new
+    /// claim's end can overlap it.
+    by_start: BTreeMap<u64, PageClaim>,
+}
+
+impl PageClaims {
+    /// Records `claim`, or says which earlier claim it overlaps (or that it wraps past the top
+    /// of the address space). The message names both directives with their types and GPAs.
+    pub fn claim(&mut self, claim: PageClaim) -> Result<(), String> {
+        let end = claim
+            .gpa
+            .checked_add(claim.len)
+            .ok_or_else(|| format!("{claim} runs past the end of the address space"))?;
+        if claim.len == 0 {
+            return Ok(());
+        }
+        if let Some((_, earlier)) = self.by_start.range(..end).next_back() {
+            if earlier.gpa + earlier.len > claim.gpa {
+                return Err(format!("{claim} overlaps {earlier}"));
+            }
+        }
+        self.by_start.insert(claim.gpa, claim);
+        Ok(())
+    }
 }
 
 /// Builds the SNP launch plan from IGVM bytes. `inputs.guest_features` is the set of
@@ -79,6 +135,7 @@ pub fn plan_from_igvm_with(
         private_ranges: Vec::new(),
         id_block: None,
         id_block_ld: None,
+        claims: PageClaims::default(),
     };
     for (index, d) in file.directives().iter().enumerate() {
         let applies = d.compatibility_mask().is_none_or(|m| m & mask != 0);
@@ -144,11 +201,31 @@ struct Builder<'a> {
     private_ranges: Vec<(u64, u64)>,
     id_block: Option<IdBlock>,
     id_block_ld: Option<[u8; 48]>,
+    /// Guest pages claimed by page data, parameter inserts and the VMSA.
+    claims: PageClaims,
 }
 
 impl Builder<'_> {
     fn err(&self, index: usize, what: &str, reason: String) -> TeeError {
         TeeError::igvm(self.name, format!("directive {index} ({what}): {reason}"))
+    }
+
+    /// Claims the pages of one directive (see [`PageClaims`]).
+    fn claim(
+        &mut self,
+        index: usize,
+        kind: &'static str,
+        gpa: u64,
+        len: u64,
+    ) -> Result<(), TeeError> {
+        self.claims
+            .claim(PageClaim {
+                index,
+                kind,
+                gpa,
+                len,
+            })
+            .map_err(|why| TeeError::igvm(self.name, why))
     }
 
     /// Appends a range, merging it into the previous one when contiguous and of the same type.
@@ -196,6 +273,7 @@ impl Builder<'_> {
                 self.check_before_vmsa(index, "PAGE_DATA")?;
                 let page_len = page_data_size(*gpa, flags.is_2mb_page(), data.len())
                     .map_err(|why| self.err(index, "PAGE_DATA", why))?;
+                self.claim(index, "PAGE_DATA", *gpa, page_len)?;
                 if flags.shared() {
                     return Ok(());
                 }
@@ -276,6 +354,7 @@ impl Builder<'_> {
                     ));
                 }
                 let len = area.len() as u64;
+                self.claim(index, "PARAMETER_INSERT", ins.gpa, len)?;
                 self.push(
                     ins.gpa,
                     len,
@@ -376,6 +455,7 @@ impl Builder<'_> {
                 ),
             ));
         }
+        self.claim(index, what, gpa, PAGE_4K)?;
         let mut page = Box::new([0u8; 4096]);
         page[..vmsa.len().min(4096)].copy_from_slice(&vmsa[..vmsa.len().min(4096)]);
         self.plan_vcpu = Some((VcpuPlan { regs, vmsa: page }, sev_features));

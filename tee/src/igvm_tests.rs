@@ -578,3 +578,126 @@ fn memory_map_encodes_every_kind_and_drops_empty_ranges() {
     );
     assert_eq!(crate::igvm_params::command_line("a b"), b"a b\0");
 }
+
+/// Two page directives over one guest page are refused, naming the file and both directives
+/// with their types and GPAs: 4 KiB over 4 KiB, a 2 MiB page over a 4 KiB one (and the other
+/// way round), a parameter area over data, data at the VMSA's GPA. The SNP plan never gets a
+/// second LAUNCH_UPDATE of a page.
+#[test]
+fn overlapping_page_directives_are_refused() {
+    let two_mb = IgvmPageDataFlags::new().with_is_2mb_page(true);
+    let shared = IgvmPageDataFlags::new().with_shared(true);
+    let mut param_over_data = vec![page(0x20000, full_page(1))];
+    param_over_data.extend(param_area(0x2000, 0x1f000));
+    param_over_data.push(vmsa_last());
+    let cases: Vec<(Vec<D>, [&str; 2])> = vec![
+        (
+            vec![page(0x1000, vec![1]), page(0x1000, vec![2]), vmsa_last()],
+            [
+                "directive 1 (PAGE_DATA at gpa 0x1000, 0x1000 bytes)",
+                "directive 0 (PAGE_DATA at gpa 0x1000, 0x1000 bytes)",
+            ],
+        ),
+        (
+            vec![
+                page(0x20_3000, vec![1]),
+                page_with(0x20_0000, two_mb, IgvmPageDataType::NORMAL, vec![]),
+                vmsa_last(),
+            ],
+            [
+                "directive 1 (PAGE_DATA at gpa 0x200000, 0x200000 bytes)",
+                "directive 0 (PAGE_DATA at gpa 0x203000, 0x1000 bytes)",
+            ],
+        ),
+        (
+            vec![
+                page_with(0x20_0000, two_mb, IgvmPageDataType::NORMAL, vec![]),
+                page(0x3f_f000, vec![1]),
+                vmsa_last(),
+            ],
+            [
+                "directive 1 (PAGE_DATA at gpa 0x3ff000, 0x1000 bytes)",
+                "directive 0 (PAGE_DATA at gpa 0x200000, 0x200000 bytes)",
+            ],
+        ),
+        (
+            vec![
+                page_with(0x5000, shared, IgvmPageDataType::NORMAL, vec![]),
+                page(0x5000, vec![1]),
+                vmsa_last(),
+            ],
+            [
+                "directive 1 (PAGE_DATA at gpa 0x5000, 0x1000 bytes)",
+                "directive 0 (PAGE_DATA at gpa 0x5000, 0x1000 bytes)",
+            ],
+        ),
+        (
+            param_over_data,
+            [
+                "directive 3 (PARAMETER_INSERT at gpa 0x1f000, 0x2000 bytes)",
+                "directive 0 (PAGE_DATA at gpa 0x20000, 0x1000 bytes)",
+            ],
+        ),
+        (
+            vec![page(VMSA_GPA, vec![1]), vmsa_last()],
+            [
+                "directive 1 (SNP_VP_CONTEXT at gpa 0xfffffffff000, 0x1000 bytes)",
+                "directive 0 (PAGE_DATA at gpa 0xfffffffff000, 0x1000 bytes)",
+            ],
+        ),
+    ];
+    for (directives, [later, earlier]) in cases {
+        let e = rule_error(directives, 1);
+        assert!(
+            e.starts_with("IGVM file test.igvm: ")
+                && e.contains(&format!("{later} overlaps {earlier}")),
+            "{e}"
+        );
+    }
+    // Adjacent pages (and a 2 MiB page right after 4 KiB ones) are not an overlap.
+    let ok = file(vec![
+        page(0x1f_f000, vec![1]),
+        page_with(0x20_0000, two_mb, IgvmPageDataType::NORMAL, vec![]),
+        page(0x40_0000, vec![2]),
+        vmsa_last(),
+    ]);
+    let plan = crate::plan::LaunchPlan::from_inputs(&inputs(ok, 1)).unwrap();
+    assert_eq!(
+        plan.update_list(),
+        [(0x1f_f000, 0x20_2000, PageType::Normal)]
+    );
+}
+
+#[test]
+fn page_claims_find_overlaps_in_any_order_and_refuse_wrapping_ranges() {
+    let c = |index, gpa, len| PageClaim {
+        index,
+        kind: "PAGE_DATA",
+        gpa,
+        len,
+    };
+    let mut claims = PageClaims::default();
+    claims.claim(c(0, 0x10000, 0x1000)).unwrap();
+    claims.claim(c(1, 0x30000, 0x2000)).unwrap();
+    claims.claim(c(2, 0x11000, 0x1000)).unwrap();
+    claims.claim(c(3, 0x0f000, 0x1000)).unwrap();
+    // Below, inside, straddling the start, covering two earlier claims.
+    for (gpa, len, hit) in [
+        (0x10000, 0x1000, 0),
+        (0x31000, 0x1000, 1),
+        (0x2f000, 0x2000, 1),
+        (0x0e000, 0x3000, 0),
+        (0x0e000, 0x2000, 3),
+        (0x00000, 0x40000, 1),
+    ] {
+        let e = claims.claim(c(9, gpa, len)).unwrap_err();
+        assert!(e.contains(&format!("overlaps directive {hit} ")), "{e}");
+    }
+    let e = claims
+        .claim(c(9, 0xffff_ffff_ffff_f000, 0x2000))
+        .unwrap_err();
+    assert!(
+        e.contains("directive 9") && e.contains("runs past the end"),
+        "{e}"
+    );
+}

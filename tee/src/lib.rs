@@ -20,6 +20,7 @@ pub mod plan;
 pub mod quote;
 pub mod runtime;
 pub mod snp;
+pub mod snp_cpuid;
 pub mod tdhob;
 pub mod tdvf;
 pub mod tdx;
@@ -34,5 +35,5 @@ pub use mrtd::tdx_mrtd;
 
 #[cfg(test)]
 mod tdx_testutil;
-#[cfg(test)]
-mod testutil;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testutil;

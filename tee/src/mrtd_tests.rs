@@ -181,6 +181,54 @@ fn truncated_or_foreign_igvm_is_an_error_naming_the_file() {
     assert!(e.contains("no page data"), "{e}");
 }
 
+/// The TDX plan refuses two directives over one page (the shared check of the SNP plan and the
+/// native loader): no page is added to the TD twice.
+#[test]
+fn overlapping_igvm_pages_are_refused_naming_both_directives() {
+    let none = IgvmPageDataFlags::new();
+    let two_mb = IgvmPageDataFlags::new().with_is_2mb_page(true);
+    let area = |gpa| {
+        vec![
+            D::ParameterArea {
+                number_of_bytes: 0x2000,
+                parameter_area_index: 0,
+                initial_data: vec![],
+            },
+            D::ParameterInsert(IGVM_VHS_PARAMETER_INSERT {
+                gpa,
+                compatibility_mask: TDX_MASK,
+                parameter_area_index: 0,
+            }),
+        ]
+    };
+    let mut param_over_data = vec![page(0x11000, none, full(1))];
+    param_over_data.extend(area(0x10000));
+    let cases: Vec<(Vec<D>, &str)> = vec![
+        (
+            vec![page(0x1000, none, full(1)), page(0x1000, none, full(2))],
+            "directive 1 (PAGE_DATA at gpa 0x1000, 0x1000 bytes) overlaps directive 0 \
+             (PAGE_DATA at gpa 0x1000, 0x1000 bytes)",
+        ),
+        (
+            vec![
+                page(0x20_5000, none, full(1)),
+                page(0x20_0000, two_mb, vec![]),
+            ],
+            "directive 1 (PAGE_DATA at gpa 0x200000, 0x200000 bytes) overlaps directive 0 \
+             (PAGE_DATA at gpa 0x205000, 0x1000 bytes)",
+        ),
+        (
+            param_over_data,
+            "directive 2 (PARAMETER_INSERT at gpa 0x10000, 0x2000 bytes) overlaps directive 0 \
+             (PAGE_DATA at gpa 0x11000, 0x1000 bytes)",
+        ),
+    ];
+    for (dirs, want) in cases {
+        let e = tdx_mrtd(&igvm(tdx_igvm(dirs))).unwrap_err().to_string();
+        assert!(e.contains("tdx.igvm") && e.contains(want), "{e}");
+    }
+}
+
 #[test]
 fn malformed_tdvf_is_an_error_naming_the_image() {
     let e = tdx_mrtd(&ovmf("empty.fd", vec![0; 0x1000]))

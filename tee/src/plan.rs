@@ -7,6 +7,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::measure::{Firmware, LaunchDigest, MeasureInputs, PageType, VMSA_GPA};
 use crate::ovmf::{Ovmf, SevHashes, SevSectionKind, PAGE_SIZE};
+use crate::uapi::KvmCpuidEntry2;
 use crate::vmsa::{predict_vmsa, VcpuRegs};
 use crate::TeeError;
 
@@ -245,6 +246,28 @@ impl LaunchPlan {
             host_data: [0; 32],
             firmware_ranges: 1,
         })
+    }
+
+    /// Fills every page of every CPUID range with the CPUID page built from `entries` (the
+    /// BSP's CPUID as the VMM gives it to `KVM_SET_CPUID2`, see [`crate::snp_cpuid`]). The PSP
+    /// checks these pages at LAUNCH_UPDATE; their contents are not measured, so the digest does
+    /// not change. Returns the number of pages filled.
+    pub fn fill_cpuid_pages(&mut self, entries: &[KvmCpuidEntry2]) -> Result<usize, TeeError> {
+        let page = crate::snp_cpuid::cpuid_page(entries)?;
+        let mut filled = 0;
+        for r in self.ranges.iter_mut() {
+            if r.page_type != PageType::Cpuid {
+                continue;
+            }
+            if r.data.len() as u64 != r.len {
+                r.data = PageBuf::zeroed(r.len.div_ceil(PAGE_SIZE as u64) as usize);
+            }
+            for chunk in r.data.as_mut_bytes().chunks_exact_mut(PAGE_SIZE) {
+                chunk.copy_from_slice(&page[..]);
+                filled += 1;
+            }
+        }
+        Ok(filled)
     }
 
     /// `(gpa, len, type)` of every LAUNCH_UPDATE range, in order.

@@ -4,18 +4,20 @@
 //! `{u16 major = 1, u16 minor = 1, u32 type, u32 size, u32 error_code}`; GET_QUOTE_REQ adds
 //! `{u32 report_size, u32 id_list_size}` + report, GET_QUOTE_RESP `{u32 selected_id_size,
 //! u32 quote_size}` + quote). The QGS listens on vsock CID 2 port 4050; `unix:PATH` and
-//! `tcp:HOST:PORT` are accepted too.
+//! `tcp:HOST:PORT` are accepted too. One deadline bounds the whole exchange after the connect
+//! (every write and read waits only for the time left), so a QGS that accepts and then stays
+//! silent or trickles its answer ends in an error status, not a worker held forever.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -131,6 +133,8 @@ pub enum QuoteError {
     },
     #[error("QGS at {addr} sent a bad response: {reason}")]
     Protocol { addr: String, reason: String },
+    #[error("QGS at {addr} did not complete the exchange within {deadline:?}")]
+    Timeout { addr: String, deadline: Duration },
 }
 
 impl QuoteError {
@@ -201,10 +205,35 @@ pub fn decode_response(msg: &[u8]) -> Result<Vec<u8>, String> {
     Ok(msg[QGS_MSG_LEN..].to_vec())
 }
 
-trait Stream: Read + Write {}
-impl<T: Read + Write> Stream for T {}
+trait Stream: Read + Write + AsRawFd {}
+impl<T: Read + Write + AsRawFd> Stream for T {}
 
-fn connect_vsock(cid: u32, port: u32, timeout: Duration) -> io::Result<std::fs::File> {
+/// Sets `SO_RCVTIMEO` or `SO_SNDTIMEO` of a socket (never to zero, which would mean "wait
+/// forever").
+fn set_socket_timeout(fd: RawFd, opt: libc::c_int, timeout: Duration) -> io::Result<()> {
+    let micros = timeout.as_micros().max(1);
+    let tv = libc::timeval {
+        tv_sec: (micros / 1_000_000) as libc::time_t,
+        tv_usec: (micros % 1_000_000) as libc::suseconds_t,
+    };
+    // SAFETY: `tv` is a valid timeval of the given size that outlives the call; a bad fd only
+    // makes the call fail.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn connect_vsock(cid: u32, port: u32) -> io::Result<std::fs::File> {
     // SAFETY: plain socket(2) call; the result is checked before use.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -218,10 +247,11 @@ fn connect_vsock(cid: u32, port: u32, timeout: Duration) -> io::Result<std::fs::
     addr.svm_cid = cid;
     addr.svm_port = port;
     let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
-    // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes that outlives the call.
+    // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes that outlives the call. The kernel
+    // bounds a vsock connect itself (2 s by default).
     let rc = unsafe {
         libc::connect(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            fd.as_raw_fd(),
             &addr as *const libc::sockaddr_vm as *const libc::sockaddr,
             len,
         )
@@ -229,65 +259,99 @@ fn connect_vsock(cid: u32, port: u32, timeout: Duration) -> io::Result<std::fs::
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
-    };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: `tv` is a valid timeval of the given size that outlives the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                libc::SOL_SOCKET,
-                opt,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
     Ok(std::fs::File::from(fd))
 }
 
-fn connect(addr: &QgsAddr, timeout: Duration) -> io::Result<Box<dyn Stream>> {
+fn connect(addr: &QgsAddr) -> io::Result<Box<dyn Stream>> {
     Ok(match addr {
-        QgsAddr::Vsock { cid, port } => Box::new(connect_vsock(*cid, *port, timeout)?),
-        QgsAddr::Unix(p) => {
-            let s = UnixStream::connect(p)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
-            Box::new(s)
-        }
-        QgsAddr::Tcp(a) => {
-            let s = TcpStream::connect(a.as_str())?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
-            Box::new(s)
-        }
+        QgsAddr::Vsock { cid, port } => Box::new(connect_vsock(*cid, *port)?),
+        QgsAddr::Unix(p) => Box::new(UnixStream::connect(p)?),
+        QgsAddr::Tcp(a) => Box::new(TcpStream::connect(a.as_str())?),
     })
 }
 
-/// Sends a TDREPORT to the QGS and returns the quote (at most `max_len` bytes).
+/// A QGS connection whose reads and writes share one deadline: before each call the socket's
+/// timeout is set to the time left, and once it has passed every call fails with `TimedOut`.
+struct DeadlineStream {
+    inner: Box<dyn Stream>,
+    deadline: Instant,
+}
+
+impl DeadlineStream {
+    /// Sets the socket timeout `opt` to the time left; fails once the deadline has passed.
+    fn arm(&self, opt: libc::c_int) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the QGS deadline has passed",
+            ));
+        }
+        set_socket_timeout(self.inner.as_raw_fd(), opt, left)
+    }
+
+    fn expired(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm(libc::SO_RCVTIMEO)?;
+        self.inner.read(buf)
+    }
+}
+
+impl Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm(libc::SO_SNDTIMEO)?;
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Sends a TDREPORT to the QGS and returns the quote (at most `max_len` bytes). After the
+/// connect, the whole exchange (request out, answer in) must finish within `deadline`.
 pub fn request_quote(
     addr: &QgsAddr,
     report: &[u8],
     max_len: usize,
-    timeout: Duration,
+    deadline: Duration,
 ) -> Result<Vec<u8>, QuoteError> {
     let name = addr.to_string();
-    let mut s = connect(addr, timeout).map_err(|source| QuoteError::Unavailable {
+    let inner = connect(addr).map_err(|source| QuoteError::Unavailable {
         addr: name.clone(),
         source,
     })?;
-    let io_err = |source| QuoteError::Io {
-        addr: name.clone(),
-        source,
+    let mut s = DeadlineStream {
+        inner,
+        deadline: Instant::now() + deadline,
     };
-    s.write_all(&encode_request(report)).map_err(io_err)?;
+    // A socket timeout (EAGAIN) or the deadline itself: both mean the time ran out.
+    let io_err = |s: &DeadlineStream, source: io::Error| {
+        let timed_out = matches!(
+            source.kind(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+        );
+        if timed_out || s.expired() {
+            QuoteError::Timeout {
+                addr: name.clone(),
+                deadline,
+            }
+        } else {
+            QuoteError::Io {
+                addr: name.clone(),
+                source,
+            }
+        }
+    };
+    s.write_all(&encode_request(report))
+        .map_err(|e| io_err(&s, e))?;
     let mut len = [0u8; 4];
-    s.read_exact(&mut len).map_err(io_err)?;
+    s.read_exact(&mut len).map_err(|e| io_err(&s, e))?;
     let len = u32::from_be_bytes(len) as usize;
     if len < QGS_MSG_LEN || len > QGS_MSG_LEN + max_len {
         return Err(QuoteError::Protocol {
@@ -299,7 +363,7 @@ pub fn request_quote(
         });
     }
     let mut msg = vec![0u8; len];
-    s.read_exact(&mut msg).map_err(io_err)?;
+    s.read_exact(&mut msg).map_err(|e| io_err(&s, e))?;
     decode_response(&msg).map_err(|reason| QuoteError::Protocol { addr: name, reason })
 }
 
@@ -378,7 +442,7 @@ fn std_spawner() -> Spawner {
 #[derive(Clone)]
 pub struct QuoteService {
     qgs: Option<QgsAddr>,
-    timeout: Duration,
+    deadline: Duration,
     in_flight: Arc<AtomicUsize>,
     spawner: Spawner,
 }
@@ -387,18 +451,19 @@ impl fmt::Debug for QuoteService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("QuoteService")
             .field("qgs", &self.qgs)
-            .field("timeout", &self.timeout)
+            .field("deadline", &self.deadline)
             .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
             .finish()
     }
 }
 
 impl QuoteService {
-    /// `qgs = None`: every request completes at once with QGS_UNAVAILABLE.
-    pub fn new(qgs: Option<QgsAddr>, timeout: Duration) -> Self {
+    /// `qgs = None`: every request completes at once with QGS_UNAVAILABLE. Each exchange with
+    /// the QGS must finish within `deadline` after the connect, or the guest gets GET_QUOTE_ERROR.
+    pub fn new(qgs: Option<QgsAddr>, deadline: Duration) -> Self {
         QuoteService {
             qgs,
-            timeout,
+            deadline,
             in_flight: Arc::new(AtomicUsize::new(0)),
             spawner: std_spawner(),
         }
@@ -454,11 +519,11 @@ impl QuoteService {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             return TDVMCALL_STATUS_INVALID_OPERAND;
         }
-        let (in_flight, timeout) = (self.in_flight.clone(), self.timeout);
+        let (in_flight, deadline) = (self.in_flight.clone(), self.deadline);
         let spawned = (self.spawner)(
             "tdx-quote",
             Box::new(move || {
-                let result = request_quote(&qgs, &job.report, job.capacity, timeout);
+                let result = request_quote(&qgs, &job.report, job.capacity, deadline);
                 complete(&*mem, &job, result);
                 in_flight.fetch_sub(1, Ordering::SeqCst);
                 done();

@@ -303,3 +303,89 @@ fn workers_start_through_the_given_spawner() {
     }
     assert!(format!("{svc:?}").contains("in_flight: 0"), "{svc:?}");
 }
+
+/// A fake QGS that accepts and reads the request, then either stays silent or answers one
+/// byte at a time (a length prefix announcing a 4 KiB quote, then a byte every 20 ms: about
+/// 80 s in all). Either way the guest must get GET_QUOTE_ERROR once the deadline has passed.
+#[test]
+fn silent_or_trickling_qgs_ends_in_an_error_status_by_the_deadline() {
+    const DEADLINE: Duration = Duration::from_millis(300);
+    for trickle in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qgs.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (got_tx, got_rx) = mpsc::channel();
+        let server = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).unwrap();
+            let mut msg = vec![0u8; u32::from_be_bytes(len) as usize];
+            s.read_exact(&mut msg).unwrap();
+            got_tx.send(()).unwrap();
+            if trickle {
+                let mut answer = ((QGS_MSG_LEN + 4096) as u32).to_be_bytes().to_vec();
+                answer.resize(4 + QGS_MSG_LEN + 4096, 0x5a);
+                for b in answer {
+                    if s.write_all(&[b]).is_err() {
+                        return; // the client gave up
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+            } else {
+                // Silent until the client hangs up.
+                let _ = s.read(&mut [0u8; 1]);
+            }
+        });
+        let mem = Arc::new(VecMem::new(BUF, 0x2000));
+        guest_buffer(&mem, 1, &[3; 64]);
+        let svc = QuoteService::new(Some(QgsAddr::Unix(path)), DEADLINE);
+        let (done_tx, done_rx) = mpsc::channel();
+        let t0 = std::time::Instant::now();
+        let ret = svc.get_quote(
+            mem.clone(),
+            BUF,
+            0x2000,
+            Box::new(move || done_tx.send(()).unwrap()),
+        );
+        // The vCPU side returns at once; the worker waits for the QGS.
+        assert_eq!(ret, TDVMCALL_STATUS_SUCCESS);
+        got_rx.recv_timeout(T).unwrap();
+        done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("trickle={trickle}: no completion within 5 s"));
+        let took = t0.elapsed();
+        assert!(
+            took >= DEADLINE && took < DEADLINE * 4,
+            "trickle={trickle}: completed after {took:?}"
+        );
+        assert_eq!(
+            (header(&mem).error_code, header(&mem).out_len),
+            (GET_QUOTE_ERROR, 0),
+            "trickle={trickle}"
+        );
+        assert!(format!("{svc:?}").contains("in_flight: 0"), "{svc:?}");
+        server.join().unwrap();
+    }
+}
+
+#[test]
+fn the_deadline_error_names_the_qgs_and_the_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = QgsAddr::Tcp(listener.local_addr().unwrap().to_string());
+    let server = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        // Half a length prefix, then nothing.
+        s.write_all(&[0, 0]).unwrap();
+        let _ = s.read(&mut [0u8; 4096]);
+        let _ = s.read(&mut [0u8; 1]);
+    });
+    let e = request_quote(&addr, b"report", 100, Duration::from_millis(100)).unwrap_err();
+    assert!(matches!(e, QuoteError::Timeout { .. }), "{e:?}");
+    assert_eq!(e.status(), GET_QUOTE_ERROR);
+    let text = e.to_string();
+    assert!(
+        text.contains(&addr.to_string()) && text.contains("100ms"),
+        "{text}"
+    );
+    server.join().unwrap();
+}

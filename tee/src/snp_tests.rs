@@ -384,3 +384,350 @@ fn a_failed_launch_does_not_report_finished() {
     assert!(r.is_err());
     assert_eq!(seen, [LaunchProgress::Started], "no range done, no finish");
 }
+
+/// The launch digest of what the launcher issued: every recorded LAUNCH_UPDATE (its source
+/// bytes found through `uaddr` among the plan's buffers), then one VMSA per `KVM_SET_REGS` (the
+/// fake records the VMSA the registers yield). Needs one call per range (no partial progress).
+fn digest_of_recorded(ops: &RecordingOps, plan: &LaunchPlan) -> [u8; 48] {
+    let mut ld = crate::measure::LaunchDigest::default();
+    for u in ops.launch_updates() {
+        let page_type = plan
+            .ranges
+            .iter()
+            .map(|r| r.page_type)
+            .find(|t| *t as u8 == u.type_)
+            .expect("a page type of the plan");
+        let data = if page_type == PageType::Zero {
+            &[][..]
+        } else {
+            plan.ranges
+                .iter()
+                .find(|r| r.data.as_bytes().as_ptr() as u64 == u.uaddr)
+                .expect("uaddr points at a plan buffer")
+                .data
+                .as_bytes()
+        };
+        ld.update_range(page_type, u.gfn_start << 12, u.len, data);
+    }
+    for c in ops.calls.iter().filter(|c| c.ioctl == "KVM_SET_REGS") {
+        ld.update_page(PageType::Vmsa, crate::measure::VMSA_GPA, &c.bytes);
+    }
+    ld.value()
+}
+
+fn plan_update_list(plan: &LaunchPlan) -> Vec<(u64, u64, u8)> {
+    plan.update_list()
+        .into_iter()
+        .map(|(g, l, t)| (g, l, t as u8))
+        .collect()
+}
+
+/// O5 for firmware alone (no kernel, so the hashes section is ZERO pages): the calls in the
+/// documented order, the LAUNCH_UPDATE list equal to the plan's, and the digest of what was
+/// issued equal to the digest `cvmm measure` predicts.
+#[test]
+fn o5_ovmf_only_sequence_matches_the_plan_and_its_digest() {
+    let plan = LaunchPlan::from_inputs(&MeasureInputs {
+        firmware: Firmware::Ovmf {
+            name: "amdsev.fd".into(),
+            data: SynthOvmf::amdsev().build(),
+        },
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        vcpus: 3,
+        vcpu_signature: 0x800f12,
+        guest_features: 1,
+        ovmf_hash: None,
+    })
+    .unwrap();
+    assert!(
+        plan.ranges.iter().any(|r| r.page_type == PageType::Zero),
+        "the hashes section is launched as ZERO without a kernel"
+    );
+    let mut ops = RecordingOps::snp_host();
+    SnpLauncher::new(&mut ops).launch(&plan, &cfg()).unwrap();
+    let mut expected = vec![
+        "OPEN_SEV",
+        "KVM_CREATE_VM",
+        "KVM_ENABLE_CAP",
+        "SEV_INIT2",
+        "KVM_CREATE_GUEST_MEMFD",
+        "KVM_SET_USER_MEMORY_REGION2",
+        "KVM_SET_MEMORY_ATTRIBUTES",
+        "KVM_SET_USER_MEMORY_REGION2",
+        "KVM_SET_MEMORY_ATTRIBUTES",
+    ];
+    for _ in 0..3 {
+        expected.extend(["KVM_CREATE_VCPU", "KVM_SET_REGS"]);
+    }
+    expected.push("SNP_LAUNCH_START");
+    expected.extend(std::iter::repeat_n("SNP_LAUNCH_UPDATE", plan.ranges.len()));
+    expected.push("SNP_LAUNCH_FINISH");
+    assert_eq!(launch_calls(&ops), expected);
+    assert_eq!(updates_as_list(&ops), plan_update_list(&plan));
+    assert_eq!(digest_of_recorded(&ops, &plan), plan.digest());
+    let fin = ops
+        .calls
+        .iter()
+        .find(|c| c.ioctl == "SNP_LAUNCH_FINISH")
+        .unwrap();
+    assert_eq!(
+        KvmSevSnpLaunchFinish::read_from_bytes(&fin.bytes)
+            .unwrap()
+            .id_block_en,
+        0
+    );
+}
+
+/// An IGVM file generated with the igvm crate: data, CPUID, unmeasured and ZERO-less pages, a
+/// parameter area, REQUIRED_MEMORY, an ID block and the VMSA. The launch issues exactly the
+/// plan's LAUNCH_UPDATE list, the digest of what it issued is the igvm crate's measurement,
+/// the REQUIRED_MEMORY range is private, and LAUNCH_FINISH carries the ID block.
+#[test]
+fn o5_igvm_sequence_matches_the_plan_and_the_igvm_crate_digest() {
+    use igvm::{IgvmDirectiveHeader as D, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader};
+    use igvm_defs::{
+        IgvmPageDataFlags, IgvmPageDataType, IgvmPlatformType, IGVM_VHS_PARAMETER,
+        IGVM_VHS_PARAMETER_INSERT, IGVM_VHS_SNP_ID_BLOCK_PUBLIC_KEY,
+        IGVM_VHS_SNP_ID_BLOCK_SIGNATURE, IGVM_VHS_SUPPORTED_PLATFORM,
+    };
+    const MASK: u32 = 1;
+    let page = |gpa: u64, flags: IgvmPageDataFlags, data_type, data: Vec<u8>| D::PageData {
+        gpa,
+        compatibility_mask: MASK,
+        flags,
+        data_type,
+        data,
+    };
+    let normal = IgvmPageDataType::NORMAL;
+    let none = IgvmPageDataFlags::new();
+    let vmsa = {
+        let mut regs = crate::vmsa::VcpuRegs::reset(0xffff_fff0, 0xa00f11);
+        regs.cr0 = 0x31; // §7.2: KVM overrides CR0, so the file must say 0x30 or 0x31
+        let bytes = crate::vmsa::predict_vmsa(&regs, 1);
+        Box::new(igvm::snp_defs::SevVmsa::read_from_bytes(&bytes[..]).unwrap())
+    };
+    let sig = IGVM_VHS_SNP_ID_BLOCK_SIGNATURE {
+        r_comp: [0x11; 72],
+        s_comp: [0x22; 72],
+    };
+    let key = IGVM_VHS_SNP_ID_BLOCK_PUBLIC_KEY {
+        curve: 2,
+        reserved: 0,
+        qx: [0x33; 72],
+        qy: [0x44; 72],
+    };
+    let directives = vec![
+        page(0x10000, none, normal, vec![0x90; 4096]),
+        page(0x11000, none, normal, vec![0xcc; 100]),
+        page(0x12000, none, IgvmPageDataType::CPUID_DATA, vec![]),
+        page(0x13000, none.with_unmeasured(true), normal, vec![7; 64]),
+        page(0x14000, none, IgvmPageDataType::SECRETS, vec![]),
+        D::ParameterArea {
+            number_of_bytes: 0x1000,
+            parameter_area_index: 0,
+            initial_data: vec![],
+        },
+        D::VpCount(IGVM_VHS_PARAMETER {
+            parameter_area_index: 0,
+            byte_offset: 0,
+        }),
+        D::ParameterInsert(IGVM_VHS_PARAMETER_INSERT {
+            gpa: 0x20000,
+            compatibility_mask: MASK,
+            parameter_area_index: 0,
+        }),
+        D::RequiredMemory {
+            gpa: 0x100_0000,
+            compatibility_mask: MASK,
+            number_of_bytes: 0x20_0000,
+            vtl2_protectable: false,
+        },
+        D::SnpIdBlock {
+            compatibility_mask: MASK,
+            author_key_enabled: 0,
+            reserved: [0; 3],
+            ld: [0x55; 48],
+            family_id: [0x66; 16],
+            image_id: [0x77; 16],
+            version: 1,
+            guest_svn: 2,
+            id_key_algorithm: 1,
+            author_key_algorithm: 0,
+            id_key_signature: Box::new(sig),
+            id_public_key: Box::new(key),
+            author_key_signature: Box::new(sig),
+            author_public_key: Box::new(key),
+        },
+        D::SnpVpContext {
+            gpa: crate::measure::VMSA_GPA,
+            compatibility_mask: MASK,
+            vp_index: 0,
+            vmsa,
+        },
+    ];
+    let file = IgvmFile::new(
+        igvm::IgvmRevision::V1,
+        vec![IgvmPlatformHeader::SupportedPlatform(
+            IGVM_VHS_SUPPORTED_PLATFORM {
+                compatibility_mask: MASK,
+                highest_vtl: 0,
+                platform_type: IgvmPlatformType::SEV_SNP,
+                platform_version: 1,
+                shared_gpa_boundary: 0,
+            },
+        )],
+        vec![IgvmInitializationHeader::GuestPolicy {
+            policy: 0x30000,
+            compatibility_mask: MASK,
+        }],
+        directives,
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    file.serialize(&mut bytes).unwrap();
+    let oracle: [u8; 48] = igvm::measurement::generate_snp_measurement(
+        file.initializations(),
+        file.directives(),
+        MASK,
+    )
+    .unwrap();
+
+    let mut plan = LaunchPlan::from_inputs(&MeasureInputs {
+        firmware: Firmware::Igvm {
+            name: "svsm.igvm".into(),
+            data: bytes,
+        },
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        vcpus: 1,
+        vcpu_signature: 0xa00f11,
+        guest_features: 1,
+        ovmf_hash: None,
+    })
+    .unwrap();
+    assert_eq!(plan.private_ranges, [(0x100_0000, 0x20_0000)]);
+    // The VMM fills the CPUID page before the launch; the digest stays the igvm crate's.
+    assert_eq!(plan.fill_cpuid_pages(&cpuid_entries()).unwrap(), 1);
+    assert_eq!(plan.digest(), oracle);
+
+    let mut ops = RecordingOps::snp_host();
+    SnpLauncher::new(&mut ops).launch(&plan, &cfg()).unwrap();
+    let mut expected = vec![
+        "OPEN_SEV",
+        "KVM_CREATE_VM",
+        "KVM_ENABLE_CAP",
+        "SEV_INIT2",
+        "KVM_CREATE_GUEST_MEMFD",
+        "KVM_SET_USER_MEMORY_REGION2",
+        "KVM_SET_MEMORY_ATTRIBUTES",
+        "KVM_SET_USER_MEMORY_REGION2",
+        "KVM_SET_MEMORY_ATTRIBUTES",
+        "KVM_CREATE_VCPU",
+        "KVM_SET_REGS",
+        "SNP_LAUNCH_START",
+    ];
+    expected.extend(std::iter::repeat_n("SNP_LAUNCH_UPDATE", plan.ranges.len()));
+    expected.push("SNP_LAUNCH_FINISH");
+    assert_eq!(launch_calls(&ops), expected);
+    assert_eq!(
+        updates_as_list(&ops),
+        [
+            (0x10000, 0x2000, PageType::Normal as u8),
+            (0x12000, 0x1000, PageType::Cpuid as u8),
+            (0x13000, 0x1000, PageType::Unmeasured as u8),
+            (0x14000, 0x1000, PageType::Secrets as u8),
+            (0x20000, 0x1000, PageType::Unmeasured as u8),
+        ]
+    );
+    assert_eq!(updates_as_list(&ops), plan_update_list(&plan));
+    assert_eq!(digest_of_recorded(&ops, &plan), oracle);
+    // REQUIRED_MEMORY gets no LAUNCH_UPDATE but lies in memory made private.
+    let private = ops
+        .calls
+        .iter()
+        .filter(|c| c.ioctl == "KVM_SET_MEMORY_ATTRIBUTES")
+        .map(|c| KvmMemoryAttributes::read_from_bytes(&c.bytes).unwrap())
+        .any(|a| {
+            a.attributes == KVM_MEMORY_ATTRIBUTE_PRIVATE
+                && a.address <= 0x100_0000
+                && a.address + a.size >= 0x120_0000
+        });
+    assert!(private, "REQUIRED_MEMORY range is private");
+    let fin = ops
+        .calls
+        .iter()
+        .find(|c| c.ioctl == "SNP_LAUNCH_FINISH")
+        .unwrap();
+    let f = KvmSevSnpLaunchFinish::read_from_bytes(&fin.bytes).unwrap();
+    let ib = plan.id_block.as_ref().expect("ID block");
+    assert_eq!((f.id_block_en, f.auth_key_en), (1, 0));
+    assert_eq!(f.id_block_uaddr, ib.block.as_ptr() as u64);
+    assert_eq!(&ib.block[..48], &[0x55; 48]);
+    assert_eq!(&ib.block[88..96], &0x30000u64.to_le_bytes());
+}
+
+/// A small vCPU CPUID list (vendor, features, XSAVE).
+fn cpuid_entries() -> Vec<KvmCpuidEntry2> {
+    let e = |function, index, flags, eax, ebx| KvmCpuidEntry2 {
+        function,
+        index,
+        flags,
+        eax,
+        ebx,
+        ecx: 0x1234,
+        edx: 0x5678,
+        ..Default::default()
+    };
+    vec![
+        e(0, 0, 0, 0x10, 0x6874_7541),
+        e(1, 0, 0, 0x00a0_0f11, 0x0800),
+        e(0xd, 0, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0x7, 0x988),
+        e(0x8000_001f, 0, 0, 0x1_0003, 0x5_0173),
+    ]
+}
+
+/// The OVMF CPUID section goes to LAUNCH_UPDATE as type CPUID with the page built from the
+/// vCPU's CPUID (not zeros), and filling it leaves the digest unchanged (CPUID pages enter the
+/// digest by type and GPA only; the unfilled plan's digest is the one the sev-snp-measure and
+/// `sev` crate tests check).
+#[test]
+fn cpuid_page_reaches_launch_update_filled_and_the_digest_is_unchanged() {
+    let mut plan = plan(2);
+    let before = plan.digest();
+    let cpuid = plan
+        .ranges
+        .iter()
+        .position(|r| r.page_type == PageType::Cpuid)
+        .expect("a CPUID section");
+    assert!(plan.ranges[cpuid].data.as_bytes().iter().all(|b| *b == 0));
+    assert_eq!(plan.fill_cpuid_pages(&cpuid_entries()).unwrap(), 1);
+    assert_eq!(plan.digest(), before);
+    let want = crate::snp_cpuid::cpuid_page(&cpuid_entries()).unwrap();
+    assert_eq!(plan.ranges[cpuid].data.as_bytes(), &want[..]);
+    assert_eq!(&want[..4], &4u32.to_le_bytes());
+
+    let mut ops = RecordingOps::snp_host();
+    SnpLauncher::new(&mut ops).launch(&plan, &cfg()).unwrap();
+    let ups = ops.launch_updates();
+    let u = ups
+        .iter()
+        .find(|u| u.type_ == PageType::Cpuid as u8)
+        .expect("a CPUID LAUNCH_UPDATE");
+    let r = &plan.ranges[cpuid];
+    assert_eq!((u.gfn_start << 12, u.len), (r.gpa, 0x1000));
+    assert_eq!(u.uaddr, r.data.as_bytes().as_ptr() as u64);
+    assert_eq!(digest_of_recorded(&ops, &plan), before);
+
+    // Too many entries: an error naming the count, nothing launched.
+    let many: Vec<_> = (0..70)
+        .map(|i| KvmCpuidEntry2 {
+            function: i,
+            ..Default::default()
+        })
+        .collect();
+    let e = plan.fill_cpuid_pages(&many).unwrap_err().to_string();
+    assert!(e.contains("70 CPUID entries"), "{e}");
+}

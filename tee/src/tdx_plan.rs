@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use igvm::{IgvmDirectiveHeader, IgvmPlatformHeader};
 use igvm_defs::IgvmPlatformType;
 
+use crate::igvm::{PageClaim, PageClaims};
 use crate::mrtd::Mrtd;
 use crate::plan::PageBuf;
 use crate::tdvf::{Tdvf, TdvfSectionKind};
@@ -140,6 +141,17 @@ impl TdxPlan {
             .ok_or_else(|| err("no TDX platform header".into()))?;
         let mut raw: Vec<RawRegion> = Vec::new();
         let mut areas: HashMap<u32, u64> = HashMap::new();
+        let mut claims = PageClaims::default();
+        let mut claim = |index: usize, kind: &'static str, gpa: u64, len: u64| {
+            claims
+                .claim(PageClaim {
+                    index,
+                    kind,
+                    gpa,
+                    len,
+                })
+                .map_err(|why| TeeError::igvm(name, why))
+        };
         for (index, d) in file.directives().iter().enumerate() {
             if d.compatibility_mask().is_some_and(|m| m & mask == 0) {
                 continue;
@@ -161,6 +173,7 @@ impl TdxPlan {
                             ),
                         ));
                     }
+                    claim(index, "PAGE_DATA", *gpa, len)?;
                     if !flags.shared() {
                         let mut page = data.clone();
                         page.resize(len as usize, 0);
@@ -200,6 +213,7 @@ impl TdxPlan {
                             format!("gpa {:#x} is not page-aligned", p.gpa),
                         ));
                     }
+                    claim(index, "PARAMETER_INSERT", p.gpa, size)?;
                     let zeros = vec![0; size as usize];
                     push(&mut raw, p.gpa, zeros, false, RegionOrigin::IgvmParameter);
                 }

@@ -6,11 +6,12 @@
 
 use crate::error::{kvm_call, Result, VmmError};
 use crate::memory::{e820_map, GuestMem, E820_RAM};
-use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmPlatformHeader, IsolationType};
+use igvm::{IgvmDirectiveHeader, IgvmPlatformHeader, IsolationType};
 use igvm_defs::{IgvmNativeVpContextX64, IgvmPlatformType, IGVM_VHS_PARAMETER};
 use kvm_bindings::{kvm_regs, kvm_segment};
 use kvm_ioctls::VcpuFd;
 use std::collections::HashMap;
+use tee::igvm::{PageClaim, PageClaims};
 use tee::igvm_params::{MemoryKind, MemoryRange};
 #[cfg(test)]
 use tee::igvm_params::{IGVM_MEMORY, IGVM_PLATFORM_RESERVED, MEMMAP_ENTRY};
@@ -51,8 +52,9 @@ pub fn load_native(
     data: &[u8],
     params: &NativeParams,
 ) -> Result<NativeBoot> {
-    let file = IgvmFile::new_from_binary(data, Some(IsolationType::NotIsolated))
-        .map_err(|e| bad(name, format!("cannot parse ({} bytes): {e}", data.len())))?;
+    // The tee parser turns the igvm crate's panics on hostile headers into errors.
+    let file = tee::igvm::parse_file(name, data, IsolationType::NotIsolated)
+        .map_err(|e| VmmError::Input(e.to_string()))?;
     let mask = file
         .platforms()
         .iter()
@@ -81,6 +83,7 @@ pub fn load_native(
             memory: memory_ranges(params.memory_mib),
         },
         areas: HashMap::new(),
+        claims: PageClaims::default(),
         context: None,
         pages_loaded: 0,
         parameter_inserts: 0,
@@ -114,6 +117,8 @@ struct Loader<'a> {
     /// What the parameter usages insert (command line, memory map), built once.
     values: tee::igvm_params::IgvmParams,
     areas: HashMap<u32, Vec<u8>>,
+    /// Guest pages claimed by page data and parameter inserts (one directive per page).
+    claims: PageClaims,
     context: Option<IgvmNativeVpContextX64>,
     pages_loaded: u64,
     parameter_inserts: u32,
@@ -122,6 +127,18 @@ struct Loader<'a> {
 impl Loader<'_> {
     fn err(&self, index: usize, what: &str, reason: String) -> VmmError {
         bad(self.name, format!("directive {index} ({what}): {reason}"))
+    }
+
+    /// Claims the pages of one directive (see [`PageClaims`]).
+    fn claim(&mut self, index: usize, kind: &'static str, gpa: u64, len: u64) -> Result<()> {
+        self.claims
+            .claim(PageClaim {
+                index,
+                kind,
+                gpa,
+                len,
+            })
+            .map_err(|why| bad(self.name, why))
     }
 
     fn write(&self, index: usize, what: &str, gpa: u64, bytes: &[u8]) -> Result<()> {
@@ -148,6 +165,7 @@ impl Loader<'_> {
             } => {
                 let len = tee::igvm::page_data_size(*gpa, flags.is_2mb_page(), data.len())
                     .map_err(|why| self.err(index, "PAGE_DATA", why))?;
+                self.claim(index, "PAGE_DATA", *gpa, len)?;
                 let mut page = vec![0u8; len as usize];
                 page[..data.len()].copy_from_slice(data);
                 self.write(index, "PAGE_DATA", *gpa, &page)?;
@@ -225,6 +243,7 @@ impl Loader<'_> {
                         format!("gpa {:#x} is not 4 KiB-aligned", ins.gpa),
                     ));
                 }
+                self.claim(index, "PARAMETER_INSERT", ins.gpa, area.len() as u64)?;
                 self.write(index, "PARAMETER_INSERT", ins.gpa, &area)?;
                 self.parameter_inserts += 1;
             }

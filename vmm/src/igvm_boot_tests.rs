@@ -1,5 +1,5 @@
 use super::*;
-use igvm::{IgvmInitializationHeader, IgvmRevision};
+use igvm::{IgvmFile, IgvmInitializationHeader, IgvmRevision};
 use igvm_defs::{
     IgvmPageDataFlags, IgvmPageDataType, IGVM_VHS_PARAMETER_INSERT, IGVM_VHS_SUPPORTED_PLATFORM,
 };
@@ -313,4 +313,59 @@ fn segment_attributes_decode_like_descriptors() {
     assert_eq!((cs64.l, cs64.db), (1, 0));
     let absent = segment(0, 0, 0, 0);
     assert_eq!(absent.unusable, 1);
+}
+
+/// Two native-platform directives over one guest page are refused (the check the SEV-SNP and
+/// TDX plans share), naming the file and both directives; the same GPA used by another
+/// platform's directive (see `full_file`) is not an overlap.
+#[test]
+fn overlapping_pages_are_refused_naming_both_directives() {
+    let mem = crate::memory::create(16).unwrap();
+    let two_mb = IgvmDirectiveHeader::PageData {
+        gpa: 0x20_0000,
+        compatibility_mask: NATIVE,
+        flags: IgvmPageDataFlags::new().with_is_2mb_page(true),
+        data_type: IgvmPageDataType::NORMAL,
+        data: vec![],
+    };
+    let cases: Vec<(Vec<IgvmDirectiveHeader>, &str)> = vec![
+        (
+            vec![
+                page(0x10_0000, NATIVE, vec![1]),
+                page(0x10_0000, NATIVE, vec![2]),
+                context(0),
+            ],
+            "directive 1 (PAGE_DATA at gpa 0x100000, 0x1000 bytes) overlaps directive 0 \
+             (PAGE_DATA at gpa 0x100000, 0x1000 bytes)",
+        ),
+        (
+            vec![page(0x3f_f000, NATIVE, vec![1]), two_mb, context(0)],
+            "directive 1 (PAGE_DATA at gpa 0x200000, 0x200000 bytes) overlaps directive 0 \
+             (PAGE_DATA at gpa 0x3ff000, 0x1000 bytes)",
+        ),
+        (
+            vec![
+                page(0x8000, NATIVE, vec![1]),
+                IgvmDirectiveHeader::ParameterArea {
+                    number_of_bytes: 0x2000,
+                    parameter_area_index: 0,
+                    initial_data: vec![],
+                },
+                IgvmDirectiveHeader::ParameterInsert(IGVM_VHS_PARAMETER_INSERT {
+                    gpa: 0x7000,
+                    compatibility_mask: NATIVE,
+                    parameter_area_index: 0,
+                }),
+                context(0),
+            ],
+            "directive 2 (PARAMETER_INSERT at gpa 0x7000, 0x2000 bytes) overlaps directive 0 \
+             (PAGE_DATA at gpa 0x8000, 0x1000 bytes)",
+        ),
+    ];
+    for (directives, want) in cases {
+        let e = load_native(&mem, "t.igvm", &file(directives), &params()).unwrap_err();
+        assert!(e.is_input(), "{e}");
+        let e = e.to_string();
+        assert!(e.contains("IGVM file 't.igvm'") && e.contains(want), "{e}");
+    }
 }

@@ -10,6 +10,7 @@ mod opts;
 mod tests;
 
 pub use objects::{QuoteSocket, SnpOptions, TdxOptions, TeeOptions};
+pub(crate) use opts::decode_base64;
 
 use crate::spec::{SerialSpec, ShareSource, ShareSpec, TeeMode, VmSpec};
 use objects::ObjectKind;
@@ -321,10 +322,15 @@ fn resolve(mut c: Collected) -> Result<QemuInvocation, QemuArgsError> {
             }
         }
         Some(TeeOptions::Tdx(o)) => {
-            spec.tdx.quote_generation = o.quote_generation_socket.as_ref().map(|q| match q {
-                QuoteSocket::Vsock { cid, port } => format!("vsock:{cid}:{port}"),
-                QuoteSocket::Unix(p) => format!("unix:{}", p.display()),
-            })
+            spec.tdx = crate::spec::TdxSettings {
+                quote_generation: o.quote_generation_socket.as_ref().map(|q| match q {
+                    QuoteSocket::Vsock { cid, port } => format!("vsock:{cid}:{port}"),
+                    QuoteSocket::Unix(p) => format!("unix:{}", p.display()),
+                }),
+                mrconfigid: o.mrconfigid,
+                mrowner: o.mrowner,
+                mrownerconfig: o.mrownerconfig,
+            }
         }
         None => {}
     }

@@ -176,6 +176,70 @@ pub struct TdxSettings {
     /// or `tcp:HOST:PORT`.
     #[serde(default)]
     pub quote_generation: Option<String>,
+    /// MRCONFIGID of the TD report (`KVM_TDX_INIT_VM`); zero when unset.
+    #[serde(default)]
+    pub mrconfigid: Option<TdReportValue>,
+    /// MROWNER of the TD report; zero when unset.
+    #[serde(default)]
+    pub mrowner: Option<TdReportValue>,
+    /// MROWNERCONFIG of the TD report; zero when unset.
+    #[serde(default)]
+    pub mrownerconfig: Option<TdReportValue>,
+}
+
+/// A 48-byte value the host sets at TD creation and the TD report carries verbatim
+/// (MRCONFIGID, MROWNER, MROWNERCONFIG). 96 hex digits in the VmSpec JSON.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TdReportValue(pub [u8; 48]);
+
+impl TdReportValue {
+    /// Parses 96 hex digits or the base64 of 48 bytes (QEMU's form); errors name `field`.
+    pub fn parse(field: &str, text: &str) -> Result<Self, String> {
+        let bytes = if text.len() == 96 {
+            from_hex(text)
+                .ok_or_else(|| format!("{field} '{text}': 96 characters but not hex digits"))?
+        } else {
+            crate::qemu_args::decode_base64(text).ok_or_else(|| {
+                format!("{field} '{text}': expected 96 hex digits or base64 of 48 bytes")
+            })?
+        };
+        let len = bytes.len();
+        <[u8; 48]>::try_from(bytes)
+            .map(Self)
+            .map_err(|_| format!("{field} '{text}': decodes to {len} bytes, expected 48"))
+    }
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+impl std::fmt::Debug for TdReportValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&tee::measure::hex(&self.0))
+    }
+}
+
+impl Serialize for TdReportValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&tee::measure::hex(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for TdReportValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        from_hex(&text)
+            .and_then(|b| <[u8; 48]>::try_from(b).ok())
+            .map(Self)
+            .ok_or_else(|| serde::de::Error::custom(format!("'{text}': expected 96 hex digits")))
+    }
 }
 
 /// One VM.
@@ -305,6 +369,35 @@ mod tests {
         };
         let text = serde_json::to_string(&spec).unwrap();
         assert_eq!(serde_json::from_str::<VmSpec>(&text).unwrap(), spec);
+    }
+
+    #[test]
+    fn td_report_values_parse_from_hex_or_base64_and_are_hex_in_json() {
+        let hex = "ab".repeat(48);
+        let want = TdReportValue([0xab; 48]);
+        assert_eq!(TdReportValue::parse("--tdx-mrowner", &hex), Ok(want));
+        assert_eq!(
+            TdReportValue::parse("--tdx-mrowner", &hex.to_uppercase()),
+            Ok(want)
+        );
+        // base64 of 48 bytes of 0xab.
+        let b64 = "q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6ur";
+        assert_eq!(TdReportValue::parse("--tdx-mrowner", b64), Ok(want));
+        for bad in ["", "abcd", &"zz".repeat(48), "AAAA", "not base64!"] {
+            let e = TdReportValue::parse("--tdx-mrconfigid", bad).unwrap_err();
+            assert!(e.starts_with(&format!("--tdx-mrconfigid '{bad}'")), "{e}");
+        }
+        let tdx = TdxSettings {
+            mrconfigid: Some(want),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&tdx).unwrap();
+        assert_eq!(json["mrconfigid"], serde_json::Value::String(hex.clone()));
+        assert_eq!(json["mrowner"], serde_json::Value::Null);
+        assert_eq!(serde_json::from_value::<TdxSettings>(json).unwrap(), tdx);
+        let short = serde_json::json!({ "mrowner": "abcd" });
+        let e = serde_json::from_value::<TdxSettings>(short).unwrap_err();
+        assert!(e.to_string().contains("'abcd'"), "{e}");
     }
 
     #[test]

@@ -30,8 +30,8 @@ use vm_memory::{Bytes, GuestAddress};
 /// TD attribute SEPT_VE_DISABLE (bit 28): EPT violations on pending pages are not turned into
 /// #VE in the guest; QEMU's `sept-ve-disable` default.
 pub const TDX_ATTR_SEPT_VE_DISABLE: u64 = 1 << 28;
-/// How long a GetQuote worker waits for the QGS.
-pub const QUOTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one GetQuote exchange with the QGS may take in all (request out, quote in).
+pub const QUOTE_DEADLINE: Duration = Duration::from_secs(30);
 
 const PAGE: u64 = 4096;
 
@@ -267,6 +267,43 @@ fn plan_for(spec: &VmSpec) -> Result<TdxPlan> {
     }
 }
 
+/// The launch settings of a TD from its spec: SEPT_VE_DISABLE, the XFAM the CPUID offers, the
+/// TD report values of `spec.tdx` (zero when unset), vCPU 0's CPUID, the memslots and the E820
+/// RAM for the TD HOB.
+fn tdx_config(spec: &VmSpec, cpuid: &CpuId, ram: Vec<RamRegion>) -> TdxConfig {
+    let base = crate::cpuid::for_vcpu(cpuid, 0, spec.vcpus);
+    let report_value = |v: Option<crate::spec::TdReportValue>| v.map_or([0; 48], |v| v.0);
+    TdxConfig {
+        vcpus: spec.vcpus,
+        attributes: TDX_ATTR_SEPT_VE_DISABLE,
+        xfam: TDX_XFAM_REQUIRED,
+        xfam_optional: xfam_from_cpuid(cpuid),
+        mrconfigid: report_value(spec.tdx.mrconfigid),
+        mrowner: report_value(spec.tdx.mrowner),
+        mrownerconfig: report_value(spec.tdx.mrownerconfig),
+        cpuid: base
+            .as_slice()
+            .iter()
+            .map(|e| KvmCpuidEntry2 {
+                function: e.function,
+                index: e.index,
+                flags: e.flags,
+                eax: e.eax,
+                ebx: e.ebx,
+                ecx: e.ecx,
+                edx: e.edx,
+                padding: [0; 3],
+            })
+            .collect(),
+        ram,
+        system_ram: crate::firmware::e820(spec.memory_mib)
+            .into_iter()
+            .filter(|e| e.kind == devices::firmware::files::E820_RAM)
+            .map(|e| (e.addr, e.size))
+            .collect(),
+    }
+}
+
 fn tdx_err(e: tee::TeeError) -> VmmError {
     match e {
         tee::TeeError::Ioctl { .. } => VmmError::Host {
@@ -323,36 +360,7 @@ pub fn tdx_boot<'a>(
         )?),
         None => None,
     };
-    let base = crate::cpuid::for_vcpu(cpuid, 0, spec.vcpus);
-    let cfg = TdxConfig {
-        vcpus: spec.vcpus,
-        attributes: TDX_ATTR_SEPT_VE_DISABLE,
-        xfam: TDX_XFAM_REQUIRED,
-        xfam_optional: xfam_from_cpuid(cpuid),
-        mrconfigid: [0; 48],
-        mrowner: [0; 48],
-        mrownerconfig: [0; 48],
-        cpuid: base
-            .as_slice()
-            .iter()
-            .map(|e| KvmCpuidEntry2 {
-                function: e.function,
-                index: e.index,
-                flags: e.flags,
-                eax: e.eax,
-                ebx: e.ebx,
-                ecx: e.ecx,
-                edx: e.edx,
-                padding: [0; 3],
-            })
-            .collect(),
-        ram,
-        system_ram: crate::firmware::e820(spec.memory_mib)
-            .into_iter()
-            .filter(|e| e.kind == devices::firmware::files::E820_RAM)
-            .map(|e| (e.addr, e.size))
-            .collect(),
-    };
+    let cfg = tdx_config(spec, cpuid, ram);
     let mut ops = KvmTeeOps::open().with_hooks(on_vm, on_vcpu);
     let (mut pages, mut measured) = (0u64, 0u64);
     let caps = TdxLauncher::new(&mut ops)
@@ -371,7 +379,7 @@ pub fn tdx_boot<'a>(
         source,
     };
     let runtime = TeeRuntime::for_vm(&vm, &keep._memfds, &cfg.ram).map_err(host)?;
-    let quotes = QuoteService::new(Some(qgs), QUOTE_TIMEOUT).with_spawner(quote_spawner());
+    let quotes = QuoteService::new(Some(qgs), QUOTE_DEADLINE).with_spawner(quote_spawner());
     let notifier = msi_notifier(super::runtime::dup_vm(&vm).map_err(host)?);
     let tdx = TdxRuntime::new(&caps, quotes, Arc::new(GuestShared(mem.clone())), notifier);
     keep.runtime = Some(Arc::new(runtime.with_tdx(tdx)));

@@ -1,7 +1,8 @@
 //! Tests of the TDX boot and run-time pieces that need no TDX host: the `kvm_run.tdx` read and
 //! write-back against a synthetic `kvm_run`, a GetQuote round trip through the vCPU-side
 //! handler to a fake QGS on a unix socket (with the completion MSI), fatal errors, XFAM from
-//! CPUID, the firmware window and the launch's timeline phases.
+//! CPUID, the firmware window, the launch's timeline phases, and the TD report values of a
+//! VmSpec reaching `KVM_TDX_INIT_VM` through the recording fake.
 
 use super::*;
 use crate::tee_kvm::runtime::TeeRuntime;
@@ -448,4 +449,44 @@ fn launch_progress_becomes_timeline_phases_and_page_counts() {
         ]
     );
     assert_eq!((pages, measured), (482, 480));
+}
+
+/// The spec's MRCONFIGID / MROWNER / MROWNERCONFIG become the launch settings and land in the
+/// recorded `KVM_TDX_INIT_VM` at their uAPI offsets; unset ones are zero.
+#[test]
+fn td_report_values_of_the_spec_reach_init_vm() {
+    use crate::spec::{TdReportValue, TdxSettings};
+    let init_vm_of = |tdx: TdxSettings| -> Vec<u8> {
+        let spec = VmSpec {
+            tee: crate::spec::TeeMode::Tdx,
+            vcpus: 2,
+            memory_mib: 64,
+            tdx,
+            ..Default::default()
+        };
+        let cpuid = CpuId::from_entries(&[]).unwrap();
+        let cfg = tdx_config(&spec, &cpuid, ram(64 << 20));
+        let mut ops = RecordingOps::tdx_host();
+        TdxLauncher::new(&mut ops)
+            .launch(&mut TdxPlan::default(), &cfg)
+            .unwrap();
+        let init = ops.calls.iter().find(|c| c.ioctl == "TDX_INIT_VM").unwrap();
+        init.bytes.clone()
+    };
+    let set = init_vm_of(TdxSettings {
+        mrconfigid: Some(TdReportValue([0x11; 48])),
+        mrowner: Some(TdReportValue([0xa2; 48])),
+        mrownerconfig: Some(TdReportValue([0xff; 48])),
+        ..Default::default()
+    });
+    assert_eq!(&set[16..64], &[0x11; 48]);
+    assert_eq!(&set[64..112], &[0xa2; 48]);
+    assert_eq!(&set[112..160], &[0xff; 48]);
+    let partly = init_vm_of(TdxSettings {
+        mrowner: Some(TdReportValue([0x42; 48])),
+        ..Default::default()
+    });
+    assert_eq!(&partly[16..64], &[0; 48]);
+    assert_eq!(&partly[64..112], &[0x42; 48]);
+    assert_eq!(&partly[112..160], &[0; 48]);
 }

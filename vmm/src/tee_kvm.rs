@@ -458,6 +458,25 @@ pub(crate) fn firmware_memslot(
     Ok(fw)
 }
 
+/// The BSP's CPUID (vCPU 0 of `vcpus`, as `KVM_SET_CPUID2` gets it) in the launch structs'
+/// layout, for the SEV-SNP CPUID page.
+pub(crate) fn bsp_cpuid_entries(cpuid: &CpuId, vcpus: u32) -> Vec<KvmCpuidEntry2> {
+    crate::cpuid::for_vcpu(cpuid, 0, vcpus)
+        .as_slice()
+        .iter()
+        .map(|e| KvmCpuidEntry2 {
+            function: e.function,
+            index: e.index,
+            flags: e.flags,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+            padding: [0; 3],
+        })
+        .collect()
+}
+
 /// C-bit position and reduced physical address bits from CPUID 0x8000001F EBX (51 and 1, the
 /// usual values, when the leaf is absent).
 fn cbit(cpuid: &CpuId) -> (u8, u8) {
@@ -572,9 +591,15 @@ pub fn snp_boot<'a>(
     if let Some(data) = spec.snp.host_data {
         plan.host_data = data;
     }
+    // The PSP checks the CPUID page against the host CPU: it carries the CPUID the vCPUs get
+    // (the BSP's), not the zeros or the IGVM file's template the plan starts with.
+    let cpuid_pages = plan
+        .fill_cpuid_pages(&bsp_cpuid_entries(cpuid, spec.vcpus))
+        .map_err(tee_err)?;
     tracing::info!(
         digest = %tee::measure::hex(&plan.digest()),
         ranges = plan.ranges.len(),
+        cpuid_pages,
         "SEV-SNP launch plan built"
     );
     let mut ram = ram_regions(mem)?;
@@ -746,5 +771,28 @@ mod tests {
         assert_eq!(cbit(&CpuId::from_entries(&[e]).unwrap()), (47, 5));
         e.function = 0x8000_0001;
         assert_eq!(cbit(&CpuId::from_entries(&[e]).unwrap()), (51, 1));
+    }
+
+    /// The SEV-SNP CPUID page is built from the BSP's CPUID: vCPU 0's topology (APIC id 0, the
+    /// VM's vCPU count), with KVM's subleaf flags kept.
+    #[test]
+    fn snp_cpuid_page_entries_are_the_bsps_cpuid() {
+        let leaf = |function, index, flags| kvm_bindings::kvm_cpuid_entry2 {
+            function,
+            index,
+            flags,
+            ebx: 0xff00_0000,
+            ..Default::default()
+        };
+        let supported = CpuId::from_entries(&[leaf(1, 0, 0), leaf(0xd, 1, 1)]).unwrap();
+        let entries = bsp_cpuid_entries(&supported, 4);
+        assert_eq!(entries.len(), 2);
+        assert_eq!((entries[0].function, entries[0].ebx >> 16), (1, 4));
+        assert_eq!(
+            (entries[1].function, entries[1].index, entries[1].flags),
+            (0xd, 1, 1)
+        );
+        let page = tee::snp_cpuid::cpuid_page(&entries).unwrap();
+        assert_eq!(&page[..4], &2u32.to_le_bytes());
     }
 }

@@ -3,6 +3,7 @@
 
 use super::opts::{decode_base64, parse_bool, parse_number, parse_size, Opts};
 use super::QemuArgsError;
+use crate::spec::TdReportValue;
 use std::path::PathBuf;
 
 /// Settings of the confidential-guest object the machine uses.
@@ -38,6 +39,11 @@ pub struct TdxOptions {
     pub id: String,
     /// Where GetQuote requests go (the host QGS).
     pub quote_generation_socket: Option<QuoteSocket>,
+    /// `mrconfigid`, `mrowner`, `mrownerconfig`: 48 bytes each (base64 in QEMU) that the TD
+    /// report carries.
+    pub mrconfigid: Option<TdReportValue>,
+    pub mrowner: Option<TdReportValue>,
+    pub mrownerconfig: Option<TdReportValue>,
 }
 
 /// The `quote-generation-socket` address of a `tdx-guest`.
@@ -202,8 +208,21 @@ fn parse_tdx(o: &mut Opts, id: String) -> Result<TdxOptions, QemuArgsError> {
             ))
         }
     };
+    let mut report_value = |key: &str| -> Result<Option<TdReportValue>, QemuArgsError> {
+        let Some(raw) = o.take(key) else {
+            return Ok(None);
+        };
+        let bytes = decode_base64(&raw).ok_or_else(|| o.bad(key, &raw, "not valid base64"))?;
+        let len = bytes.len();
+        <[u8; 48]>::try_from(bytes)
+            .map(|b| Some(TdReportValue(b)))
+            .map_err(|_| o.bad(key, &raw, format!("decodes to {len} bytes, expected 48")))
+    };
     Ok(TdxOptions {
         id,
         quote_generation_socket: socket,
+        mrconfigid: report_value("mrconfigid")?,
+        mrowner: report_value("mrowner")?,
+        mrownerconfig: report_value("mrownerconfig")?,
     })
 }

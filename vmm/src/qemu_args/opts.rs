@@ -263,7 +263,7 @@ pub(super) fn parse_number(s: &str) -> Option<u64> {
 }
 
 /// Decodes standard (RFC 4648) base64 with `=` padding.
-pub(super) fn decode_base64(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_base64(s: &str) -> Option<Vec<u8>> {
     fn sextet(c: u8) -> Option<u32> {
         Some(u32::from(match c {
             b'A'..=b'Z' => c - b'A',

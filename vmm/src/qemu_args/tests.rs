@@ -251,6 +251,7 @@ fn tdx_manager_line_maps_to_spec() {
         serial: SerialSpec::None,
         tdx: crate::spec::TdxSettings {
             quote_generation: Some("vsock:2:4050".into()),
+            ..Default::default()
         },
         ..manager_spec("host")
     };
@@ -260,6 +261,9 @@ fn tdx_manager_line_maps_to_spec() {
         Some(TeeOptions::Tdx(TdxOptions {
             id: format!("tdx0-{U2}"),
             quote_generation_socket: Some(QuoteSocket::Vsock { cid: 2, port: 4050 }),
+            mrconfigid: None,
+            mrowner: None,
+            mrownerconfig: None,
         }))
     );
     assert!(
@@ -302,7 +306,56 @@ fn tdx_object_key_form_and_unix_socket() {
         Some(TeeOptions::Tdx(TdxOptions {
             id: "t".into(),
             quote_generation_socket: Some(QuoteSocket::Unix("/run/qgs.sock".into())),
+            mrconfigid: None,
+            mrowner: None,
+            mrownerconfig: None,
         }))
+    );
+}
+
+/// The TD report values of a `tdx-guest` in JSON form (base64 of 48 bytes, as QEMU takes
+/// them) reach the spec's TDX settings; an absent one stays unset.
+#[test]
+fn tdx_object_report_values_reach_the_spec() {
+    // base64 of 48 bytes of 0x11, of 0xa2 and of 0xff.
+    let config = "ERERERERERERERERERERERERERERERERERERERERERERERERERERERERERERERER";
+    let owner = "oqKioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKi";
+    let owner_config = "////////////////////////////////////////////////////////////////";
+    let object = format!(
+        r#"{{"qom-type":"tdx-guest","id":"t","mrconfigid":"{config}","mrowner":"{owner}","mrownerconfig":"{owner_config}","quote-generation-socket":{{"type":"vsock","cid":"2","port":"4050"}}}}"#
+    );
+    let inv = parse_k(&[
+        "-object",
+        &object,
+        "-machine",
+        "q35,confidential-guest-support=t",
+    ])
+    .unwrap();
+    let value = |fill: u8| Some(crate::spec::TdReportValue([fill; 48]));
+    assert_eq!(
+        inv.spec.tdx,
+        crate::spec::TdxSettings {
+            quote_generation: Some("vsock:2:4050".into()),
+            mrconfigid: value(0x11),
+            mrowner: value(0xa2),
+            mrownerconfig: value(0xff),
+        }
+    );
+    let only_owner = format!(r#"{{"qom-type":"tdx-guest","id":"t","mrowner":"{owner}"}}"#);
+    let inv = parse_k(&[
+        "-object",
+        &only_owner,
+        "-machine",
+        "q35,confidential-guest-support=t",
+    ])
+    .unwrap();
+    assert_eq!(
+        (
+            inv.spec.tdx.mrconfigid,
+            inv.spec.tdx.mrowner,
+            inv.spec.tdx.mrownerconfig
+        ),
+        (None, value(0xa2), None)
     );
 }
 
@@ -798,6 +851,9 @@ fn bad_values_name_option_and_value() {
         (&["-object", "memory-backend-memfd,id=r,size=1G,share=sure"], "-object memory-backend-memfd share", "sure"),
         (&["-object", r#"{"qom-type":"tdx-guest","id":"t","quote-generation-socket":{"type":"vsock","cid":"two","port":"4050"}}"#], "-object tdx-guest quote-generation-socket.cid", "two"),
         (&["-object", r#"{"qom-type":"tdx-guest","id":"t","quote-generation-socket":{"type":"inet"}}"#], "-object tdx-guest quote-generation-socket.type", "inet"),
+        (&["-object", r#"{"qom-type":"tdx-guest","id":"t","mrconfigid":"***"}"#], "-object tdx-guest mrconfigid", "***"),
+        (&["-object", r#"{"qom-type":"tdx-guest","id":"t","mrowner":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg=="}"#], "-object tdx-guest mrowner", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg=="),
+        (&["-object", "tdx-guest,id=t,mrownerconfig=AAAA"], "-object tdx-guest mrownerconfig", "AAAA"),
         (&["-object", "{not json"], "-object", "{not json"),
         (&["-drive", "if=pflash,unit=2,file=/f"], "-drive unit", "2"),
         (&["-drive", "if=pflash,unit=0,file=/f,readonly=perhaps"], "-drive readonly", "perhaps"),
