@@ -232,6 +232,22 @@ def gen_igvm():
     count = vh(0x307, struct.pack("<II", 0, 0))
     write("igvm_parse", "parameters", igvm([platform, policy, area, count, insert], b"\0" * 8))
     write("igvm_parse", "no_platform", igvm([policy, page(0x1000, 0)], b"\0" * 8))
+    # Two page directives over the same 4 KiB page: every IGVM path must reject the file.
+    write("igvm_parse", "overlapping_pages",
+          igvm([platform, policy, page(0x1000, 0), page(0x1000, 0)], b"\0" * 8))
+    # TDX platform (type 3): page data and a parameter area for the TDX plan.
+    tdx = vh(0x1, struct.pack("<IBBHQ", 1, 0, 3, 1, 0))
+    write("igvm_parse", "tdx_pages", igvm([tdx, page(0x1000, 0), area, insert], b"\0" * 8))
+    # NATIVE platform (type 0): a page, a parameter area and an x86-64 VP context (232 bytes)
+    # for the plain-KVM loader.
+    native = vh(0x1, struct.pack("<IBBHQ", 1, 0, 0, 1, 0))
+    n_hdr = len(native) + 32 + len(area) + len(count) + len(insert) + 32
+    n_data = 24 + n_hdr
+    ctx = bytearray(232)
+    struct.pack_into("<Q", ctx, 16 * 8, 0x1000)  # rip
+    write("igvm_parse", "native_context",
+          igvm([native, page(0x1000, n_data), area, count, insert, vp(0, n_data + 4096)],
+               b"\xf4" * 4096 + bytes(ctx)))
 
     # OVMF: an image whose end holds the GUIDed footer table.
     def guid(d1, d2, d3, d4):
@@ -260,6 +276,19 @@ def gen_igvm():
                  entry(hashes, struct.pack("<II", 0x80_3000, 0x400))], meta=meta)
     write("igvm_parse", "ovmf_sev", full)
     write("igvm_parse", "ovmf_tail", full[-256:])
+
+    # TDVF: TDX metadata ("TDVF" descriptor, offset from the end of the image) with a BFV from
+    # the image, a TD_HOB and a TEMP_MEM section.
+    tdx_meta = guid(0xE47A6535, 0x984A, 0x4798, [0x86, 0x5E, 0x46, 0x85, 0xA7, 0xBF, 0x8E, 0xC2])
+    size = 8192
+    tdvf_sections = struct.pack("<IIQQII", 0, 0x1000, 0xFFFF_E000, 0x1000, 0, 1)  # BFV, measured
+    tdvf_sections += struct.pack("<IIQQII", 0, 0, 0x80_0000, 0x1000, 2, 0)  # TD_HOB
+    tdvf_sections += struct.pack("<IIQQII", 0, 0, 0x80_1000, 0x2000, 3, 0)  # TEMP_MEM
+    desc = b"TDVF" + struct.pack("<III", 16 + len(tdvf_sections), 1, 3) + tdvf_sections
+    desc_at = 0x1000
+    write("igvm_parse", "tdvf",
+          ovmf([entry(tdx_meta, struct.pack("<I", size - desc_at))], size=size,
+               meta=b"\0" * desc_at + desc))
 
 
 # ---- kernels -----------------------------------------------------------------------------

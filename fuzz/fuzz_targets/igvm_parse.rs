@@ -1,16 +1,34 @@
-//! Firmware parsers: `tee::igvm::plan_from_igvm` on the input as an IGVM file (its v1 fixed
-//! header's total size and CRC32 fixed up first, see `cvmm_fuzz::igvm::fix_header`), and
-//! `tee::ovmf::Ovmf::parse` on the input right-aligned in a 4 KiB-multiple image (the OVMF
-//! footer table is found from the end), plus the accessors that read its SEV metadata.
+//! Firmware parsers. The input as an IGVM file (its v1 fixed header's total size and CRC32
+//! fixed up first, see `cvmm_fuzz::igvm::fix_header`) goes through all three IGVM paths: the
+//! SEV-SNP plan (`tee::igvm::plan_from_igvm`, then its update list and digest), the TDX plan
+//! (`tee::tdx_plan::TdxPlan::from_igvm`, then its MRTD) and the plain-KVM loader
+//! (`vmm::igvm_boot::load_native` into 16 MiB of guest memory, the least cvmm allows; no KVM
+//! needed). The input right-aligned in a 4 KiB-multiple image (the OVMF footer table is found
+//! from the end) goes through `tee::ovmf::Ovmf::parse` with the accessors that read its SEV
+//! metadata, and through the TDVF parser (`tee::tdvf::Tdvf::parse`) and the TDX plan built
+//! from it (which copies every section's data).
 //! IGVM inputs that hit panics already known in the igvm crate are skipped (see
-//! `cvmm_fuzz::igvm::known_igvm_crate_panic`); the OVMF half still sees them.
+//! `cvmm_fuzz::igvm::known_igvm_crate_panic`); the firmware half still sees them.
 #![no_main]
+
+use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use tee::ovmf::Ovmf;
+use tee::tdvf::Tdvf;
+use tee::tdx_plan::TdxPlan;
 use tee::{Firmware, MeasureInputs};
+use vmm::igvm_boot::{load_native, NativeParams};
+use vmm::memory::{create, GuestMem};
 
 const PAGE: usize = 4096;
+/// Guest RAM of the native loader: small, so writes outside it are exercised too.
+const GUEST_MIB: u64 = 16;
+
+fn guest_memory() -> &'static GuestMem {
+    static MEM: OnceLock<GuestMem> = OnceLock::new();
+    MEM.get_or_init(|| create(GUEST_MIB).expect("16 MiB of guest memory"))
+}
 
 fuzz_target!(|data: &[u8]| {
     let inputs = MeasureInputs {
@@ -33,6 +51,17 @@ fuzz_target!(|data: &[u8]| {
             let _ = plan.update_list();
             let _ = plan.digest();
         }
+        if let Ok(plan) = TdxPlan::from_igvm("fuzz.igvm", &file) {
+            let _ = plan.mrtd();
+            let _ = plan.added_ranges();
+            let _ = plan.hob_gpa();
+        }
+        let params = NativeParams {
+            vcpus: 2,
+            memory_mib: GUEST_MIB,
+            cmdline: "console=ttyS0",
+        };
+        let _ = load_native(guest_memory(), "fuzz.igvm", &file, &params);
     }
 
     let pad = (PAGE - data.len() % PAGE) % PAGE;
@@ -46,5 +75,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = ovmf.sev_sections();
         let _ = ovmf.sev_es_reset_eip();
         let _ = ovmf.sev_hashes_table();
+    }
+    if let Ok(tdvf) = Tdvf::parse("fuzz.fd", &image) {
+        let _ = tdvf.td_hob();
+    }
+    if let Ok(plan) = TdxPlan::from_tdvf("fuzz.fd", &image) {
+        let _ = plan.mrtd();
+        let _ = plan.hob_gpa();
     }
 });
