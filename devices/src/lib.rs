@@ -11,6 +11,7 @@ pub mod firmware;
 pub mod interrupt;
 pub mod ioapic;
 pub mod legacy;
+pub mod log_limit;
 pub mod net;
 pub mod p9;
 pub mod pci;

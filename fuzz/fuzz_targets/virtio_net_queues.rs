@@ -15,7 +15,7 @@
 #![no_main]
 
 use cvmm_fuzz::virtq::{self, Layout, RingSetup};
-use devices::net::virtio::{drain_tx, fill_rx, NicStats};
+use devices::net::virtio::{drain_tx, fill_rx, DropLog, NicStats};
 use devices::net::{UserNet, UserNetConfig};
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
@@ -55,14 +55,15 @@ fuzz_target!(|data: &[u8]| {
     let mut net =
         UserNet::new(UserNetConfig::with_dns(vec![], vec![])).expect("a NAT without forwards");
     let mut st = NicStats::default();
+    let mut log = DropLog::default();
     let mut pending = layout.pending_frame();
 
-    drain_tx(&mem, &mut tx, &mut net, &mut st);
+    drain_tx(&mem, &mut tx, &mut net, &mut st, &mut log);
     let _ = tx.needs_notification(mem.as_ref());
     net.poll(Instant::now());
-    let mut filled = fill_rx(&mem, &mut rx, &mut net, &mut pending, &mut st);
+    let mut filled = fill_rx(&mem, &mut rx, &mut net, &mut pending, &mut st, &mut log);
     if pending.is_some() && rx.enable_notification(mem.as_ref()).unwrap_or(false) {
-        filled |= fill_rx(&mem, &mut rx, &mut net, &mut pending, &mut st);
+        filled |= fill_rx(&mem, &mut rx, &mut net, &mut pending, &mut st, &mut log);
     }
     if filled {
         let _ = rx.needs_notification(mem.as_ref());

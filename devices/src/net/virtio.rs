@@ -4,9 +4,10 @@
 //! host sockets.
 
 use super::{offload, GuestOffloads, UserNet};
+use crate::log_limit::LogLimiter;
 use crate::virtio::{
-    drain_suppressed, ActivateContext, ActivateError, GuestMem, VirtioDevice, VirtioInterrupt,
-    F_RING_EVENT_IDX,
+    chain_is_complete, drain_suppressed, ActivateContext, ActivateError, GuestMem, VirtioDevice,
+    VirtioInterrupt, F_RING_EVENT_IDX,
 };
 use crate::worker::{Wake, Worker};
 use std::io::{Read, Write};
@@ -27,6 +28,9 @@ const RX: usize = 0;
 const TX: usize = 1;
 /// Largest frame the guest may send: header + 64 KiB.
 const MAX_TX: usize = NET_HDR_LEN + 65_550;
+/// Why a chain failed [`chain_is_complete`].
+const UNENDING_CHAIN: &str =
+    "the chain does not end (a loop, a next index past the table or an unreadable descriptor)";
 /// The MAC slirp gives its guest.
 pub const DEFAULT_GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
@@ -41,7 +45,8 @@ pub struct NicStats {
     pub tx_bytes: u64,
     /// Ethernet bytes put in the guest's RX queue.
     pub rx_bytes: u64,
-    /// Frames dropped: too large for the guest's buffers, or malformed chains.
+    /// Frames or chains dropped: TX frames that could not be read or sent, frames too large
+    /// for the guest's RX buffer, malformed chains of either queue (see [`DropReason`]).
     pub dropped: u64,
 }
 
@@ -78,50 +83,124 @@ impl VirtioNet {
     }
 }
 
+/// Why the device dropped a frame or returned a descriptor chain unused; each reason has its
+/// own log rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A TX chain that is malformed (a loop, a bad next index, outside guest memory) or does
+    /// not hold a virtio-net header and a frame of at most 64 KiB.
+    TxChain,
+    /// A TX frame whose virtio-net header asks for an offload the frame does not fit.
+    TxHeader,
+    /// A malformed RX chain (the frame waits for the next one).
+    RxChain,
+    /// An RX chain too small for the frame (the frame is lost).
+    RxTooSmall,
+    /// A chain that could not be put in the used ring.
+    UsedRing,
+}
+
+impl DropReason {
+    const ALL: usize = 5;
+
+    fn what(self) -> &'static str {
+        match self {
+            DropReason::TxChain => "dropped a malformed TX descriptor chain",
+            DropReason::TxHeader => "dropped a TX frame with a bad offload header",
+            DropReason::RxChain => "skipped a malformed RX descriptor chain",
+            DropReason::RxTooSmall => "dropped a frame too large for the guest's RX buffer",
+            DropReason::UsedRing => "cannot complete a descriptor chain",
+        }
+    }
+}
+
+/// Warns about dropped frames and bad chains, at most one line per
+/// [`crate::log_limit::LOG_INTERVAL`] and [`DropReason`], each with the number of events
+/// left unlogged since the previous line of that reason.
+#[derive(Debug, Default)]
+pub struct DropLog {
+    limits: [LogLimiter; DropReason::ALL],
+}
+
+impl DropLog {
+    /// Logs `reason` with `detail` (e.g. the descriptor head) unless rate-limited.
+    pub fn warn(&mut self, reason: DropReason, detail: std::fmt::Arguments<'_>) {
+        if let Some(suppressed) = self.admit(reason, Instant::now()) {
+            tracing::warn!(suppressed, "virtio-net: {}: {detail}", reason.what());
+        }
+    }
+
+    /// Counts one event of `reason` at `now`; `Some(events left unlogged before it)` when it
+    /// gets a line.
+    fn admit(&mut self, reason: DropReason, now: Instant) -> Option<u64> {
+        self.limits[reason as usize].event(now)
+    }
+}
+
 /// Takes every frame the guest queued for transmission and hands it to `net`.
-pub fn drain_tx(mem: &GuestMem, q: &mut Queue, net: &mut UserNet, st: &mut NicStats) -> bool {
+pub fn drain_tx(
+    mem: &GuestMem,
+    q: &mut Queue,
+    net: &mut UserNet,
+    st: &mut NicStats,
+    log: &mut DropLog,
+) -> bool {
     let mut any = false;
     let mut buf = Vec::new();
     while let Some(chain) = q.pop_descriptor_chain(mem.as_ref()) {
         let head = chain.head_index();
         any = true;
-        let ok = Reader::new(mem.as_ref(), chain).ok().and_then(|mut r| {
-            let n = r.available_bytes();
-            if !(NET_HDR_LEN..=MAX_TX).contains(&n) {
-                return None;
+        let read = if chain_is_complete(&chain) {
+            match Reader::new(mem.as_ref(), chain) {
+                Ok(mut r) => {
+                    let n = r.available_bytes();
+                    if (NET_HDR_LEN..=MAX_TX).contains(&n) {
+                        buf.resize(n, 0);
+                        r.read_exact(&mut buf).map_err(|e| e.to_string())
+                    } else {
+                        Err(format!("{n} bytes"))
+                    }
+                }
+                Err(e) => Err(e.to_string()),
             }
-            buf.resize(n, 0);
-            r.read_exact(&mut buf).ok()
-        });
-        let finished = ok.map(|()| {
+        } else {
+            Err(UNENDING_CHAIN.into())
+        };
+        let finished = read.map(|()| {
             let (hdr, frame) = buf.split_at_mut(NET_HDR_LEN);
             offload::finish_tx(hdr, frame, |f| net.guest_transmit(f))
         });
         match finished {
-            Some(Ok(())) => {
+            Ok(Ok(())) => {
                 st.tx_frames += 1;
                 st.tx_bytes += (buf.len() - NET_HDR_LEN) as u64;
             }
-            Some(Err(e)) => {
-                tracing::debug!(error = ?e, "virtio-net: dropping a TX frame with a bad offload header");
+            Ok(Err(e)) => {
                 st.dropped += 1;
+                log.warn(DropReason::TxHeader, format_args!("head {head}: {e:?}"));
             }
-            None => st.dropped += 1,
+            Err(e) => {
+                st.dropped += 1;
+                log.warn(DropReason::TxChain, format_args!("head {head}: {e}"));
+            }
         }
         if let Err(e) = q.add_used(mem.as_ref(), head, 0) {
-            tracing::warn!("virtio-net: cannot complete TX descriptor {head}: {e}");
+            log.warn(DropReason::UsedRing, format_args!("TX head {head}: {e}"));
         }
     }
     any
 }
 
-/// Moves frames from `net` (and `pending`) into the guest's RX buffers while both last.
+/// Moves frames from `net` (and `pending`) into the guest's RX buffers while both last. A
+/// malformed RX chain is returned unused and its frame waits for the next chain; a frame too
+/// large for a well-formed chain is dropped.
 pub fn fill_rx(
     mem: &GuestMem,
     q: &mut Queue,
     net: &mut UserNet,
     pending: &mut Option<Vec<u8>>,
     st: &mut NicStats,
+    log: &mut DropLog,
 ) -> bool {
     let mut any = false;
     while let Some(frame) = pending.take().or_else(|| net.guest_receive()) {
@@ -130,27 +209,46 @@ pub fn fill_rx(
             break;
         };
         let head = chain.head_index();
-        let written = Writer::new(mem.as_ref(), chain).ok().and_then(|mut w| {
-            if w.available_bytes() < NET_HDR_LEN + frame.len() {
-                return None;
-            }
-            let o = net.guest_offloads();
-            w.write_all(&offload::rx_header(&frame, o.csum, o.tso))
-                .ok()?;
-            w.write_all(&frame).ok()?;
-            Some((NET_HDR_LEN + frame.len()) as u32)
-        });
-        match written {
-            Some(n) => {
-                st.rx_frames += 1;
-                st.rx_bytes += u64::from(n) - NET_HDR_LEN as u64;
-            }
-            None => st.dropped += 1,
-        }
-        if let Err(e) = q.add_used(mem.as_ref(), head, written.unwrap_or(0)) {
-            tracing::warn!("virtio-net: cannot complete RX descriptor {head}: {e}");
-        }
         any = true;
+        let writer = if chain_is_complete(&chain) {
+            Writer::new(mem.as_ref(), chain).map_err(|e| e.to_string())
+        } else {
+            Err(UNENDING_CHAIN.into())
+        };
+        let written = match writer {
+            Ok(mut w) if w.available_bytes() >= NET_HDR_LEN + frame.len() => {
+                let o = net.guest_offloads();
+                w.write_all(&offload::rx_header(&frame, o.csum, o.tso))
+                    .and_then(|()| w.write_all(&frame))
+                    .map(|()| (NET_HDR_LEN + frame.len()) as u32)
+                    .map_err(|e| (DropReason::RxChain, e.to_string()))
+            }
+            Ok(w) => Err((
+                DropReason::RxTooSmall,
+                format!(
+                    "{} bytes for a {}-byte frame",
+                    w.available_bytes(),
+                    frame.len()
+                ),
+            )),
+            Err(e) => Err((DropReason::RxChain, e)),
+        };
+        match &written {
+            Ok(n) => {
+                st.rx_frames += 1;
+                st.rx_bytes += u64::from(*n) - NET_HDR_LEN as u64;
+            }
+            Err((reason, e)) => {
+                st.dropped += 1;
+                log.warn(*reason, format_args!("head {head}: {e}"));
+                if *reason == DropReason::RxChain {
+                    *pending = Some(frame);
+                }
+            }
+        }
+        if let Err(e) = q.add_used(mem.as_ref(), head, *written.as_ref().unwrap_or(&0)) {
+            log.warn(DropReason::UsedRing, format_args!("RX head {head}: {e}"));
+        }
     }
     any
 }
@@ -225,6 +323,7 @@ impl VirtioDevice for VirtioNet {
                 }
             }
             let mut pending = None;
+            let mut drops = DropLog::default();
             let mut timeout = 0;
             loop {
                 for wake in poll.wait(timeout) {
@@ -237,19 +336,34 @@ impl VirtioDevice for VirtioNet {
                 }
                 let mut n = crate::bus::lock(&net);
                 let mut st = crate::bus::lock(&stats);
-                let sent =
-                    drain_suppressed(&mem, &mut tx.queue, |q| drain_tx(&mem, q, &mut n, &mut st));
+                let sent = drain_suppressed(&mem, &mut tx.queue, |q| {
+                    drain_tx(&mem, q, &mut n, &mut st, &mut drops)
+                });
                 if sent && tx.queue.needs_notification(mem.as_ref()).unwrap_or(true) {
                     irq.signal_queue(tx.index);
                 }
                 let now = Instant::now();
                 n.poll(now);
-                let mut filled = fill_rx(&mem, &mut rx.queue, &mut n, &mut pending, &mut st);
+                let mut filled = fill_rx(
+                    &mem,
+                    &mut rx.queue,
+                    &mut n,
+                    &mut pending,
+                    &mut st,
+                    &mut drops,
+                );
                 // Out of RX buffers: ask for a kick when the guest adds some (this moves
                 // avail_event under event idx); fill again if some raced in meanwhile.
                 if pending.is_some() && rx.queue.enable_notification(mem.as_ref()).unwrap_or(false)
                 {
-                    filled |= fill_rx(&mem, &mut rx.queue, &mut n, &mut pending, &mut st);
+                    filled |= fill_rx(
+                        &mem,
+                        &mut rx.queue,
+                        &mut n,
+                        &mut pending,
+                        &mut st,
+                        &mut drops,
+                    );
                 }
                 if filled && rx.queue.needs_notification(mem.as_ref()).unwrap_or(true) {
                     irq.signal_queue(rx.index);
@@ -320,6 +434,7 @@ mod tests {
     fn a_guest_arp_request_is_answered_through_the_rx_queue() {
         let (mem, mut net) = setup();
         let mut st = NicStats::default();
+        let mut log = DropLog::default();
         let mut frame = vec![0u8; NET_HDR_LEN];
         frame.extend_from_slice(&arp_request_for_gateway());
         mem.write_slice(&frame, GuestAddress(0x10000)).unwrap();
@@ -332,7 +447,7 @@ mod tests {
         ))])
         .unwrap();
         let mut tx: Queue = txq.create_queue().unwrap();
-        assert!(drain_tx(&mem, &mut tx, &mut net, &mut st));
+        assert!(drain_tx(&mem, &mut tx, &mut net, &mut st, &mut log));
         assert_eq!(st.tx_frames, 1);
         net.poll(Instant::now());
 
@@ -343,7 +458,14 @@ mod tests {
         .unwrap();
         let mut rx: Queue = rxq.create_queue().unwrap();
         let mut pending = None;
-        assert!(fill_rx(&mem, &mut rx, &mut net, &mut pending, &mut st));
+        assert!(fill_rx(
+            &mem,
+            &mut rx,
+            &mut net,
+            &mut pending,
+            &mut st,
+            &mut log
+        ));
         assert_eq!(st.rx_frames, 1);
         let len: u32 = mem
             .read_obj(rxq.used_addr().checked_add(8).unwrap())
@@ -361,6 +483,7 @@ mod tests {
     fn bad_chains_and_small_buffers_are_dropped_not_fatal() {
         let (mem, mut net) = setup();
         let mut st = NicStats::default();
+        let mut log = DropLog::default();
         // TX chain shorter than the virtio-net header, and one outside guest memory.
         let txq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x40000), 16);
         txq.build_multiple_desc_chains(&[
@@ -369,7 +492,7 @@ mod tests {
         ])
         .unwrap();
         let mut tx: Queue = txq.create_queue().unwrap();
-        assert!(drain_tx(&mem, &mut tx, &mut net, &mut st));
+        assert!(drain_tx(&mem, &mut tx, &mut net, &mut st, &mut log));
         assert_eq!((st.tx_frames, st.dropped), (0, 2));
         // A frame for the guest with an RX buffer too small: dropped, the next buffer is used.
         let mut pending = Some(vec![0x55u8; 1000]);
@@ -379,13 +502,131 @@ mod tests {
         ))])
         .unwrap();
         let mut rx: Queue = rxq.create_queue().unwrap();
-        assert!(fill_rx(&mem, &mut rx, &mut net, &mut pending, &mut st));
+        assert!(fill_rx(
+            &mem,
+            &mut rx,
+            &mut net,
+            &mut pending,
+            &mut st,
+            &mut log
+        ));
         assert_eq!(st.dropped, 3);
         assert!(pending.is_none());
         // No RX buffer at all: the frame stays pending.
         let mut pending = Some(vec![1u8; 60]);
-        assert!(!fill_rx(&mem, &mut rx, &mut net, &mut pending, &mut st));
+        assert!(!fill_rx(
+            &mem,
+            &mut rx,
+            &mut net,
+            &mut pending,
+            &mut st,
+            &mut log
+        ));
         assert!(pending.is_some());
+    }
+
+    const NEXT: u16 = 1;
+
+    /// The `i`th used-ring element of the queue whose used ring is at `used`: (head, length).
+    fn used_elem(mem: &GuestMem, used: GuestAddress, i: u64) -> (u32, u32) {
+        let at = used.checked_add(4 + 8 * i).unwrap();
+        let id: u32 = mem.read_obj(at).unwrap();
+        let len: u32 = mem.read_obj(at.checked_add(4).unwrap()).unwrap();
+        (id, len)
+    }
+
+    #[test]
+    fn descriptor_loops_are_dropped_and_the_next_good_chain_is_served() {
+        let (mem, mut net) = setup();
+        let mut st = NicStats::default();
+        let mut log = DropLog::default();
+        let mut frame = vec![0u8; NET_HDR_LEN];
+        frame.extend_from_slice(&arp_request_for_gateway());
+        mem.write_slice(&frame, GuestAddress(0x10000)).unwrap();
+        let len = frame.len() as u32;
+        let desc = |next_flag: u16, next: u16| {
+            RawDescriptor::from(SplitDescriptor::new(0x10000, len, next_flag, next))
+        };
+        // TX: a descriptor pointing at itself, a two-descriptor loop, a next index past the
+        // table, then a good chain holding the same ARP request. Read naively, the self loop
+        // is 16 copies of a valid request (which the NAT would answer).
+        let txq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x40000), 16);
+        txq.add_desc_chains(&[desc(NEXT, 0)], 0).unwrap();
+        txq.add_desc_chains(&[desc(NEXT, 2), desc(NEXT, 1)], 1)
+            .unwrap();
+        txq.add_desc_chains(&[desc(NEXT, 200)], 3).unwrap();
+        txq.add_desc_chains(&[desc(0, 0)], 4).unwrap();
+        let mut tx: Queue = txq.create_queue().unwrap();
+        assert!(drain_tx(&mem, &mut tx, &mut net, &mut st, &mut log));
+        assert_eq!((st.tx_frames, st.dropped), (1, 3));
+        for (i, head) in [0, 1, 3, 4].into_iter().enumerate() {
+            assert_eq!(used_elem(&mem, txq.used_addr(), i as u64), (head, 0));
+        }
+        net.poll(Instant::now());
+        let mut replies = 0;
+        while net.guest_receive().is_some() {
+            replies += 1;
+        }
+        assert_eq!(replies, 1, "only the good chain's request is answered");
+
+        // RX: a looping writable chain, then a good one: the frame skips the loop.
+        let rxq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0x50000), 16);
+        rxq.add_desc_chains(
+            &[RawDescriptor::from(SplitDescriptor::new(
+                0x20000,
+                2048,
+                WRITE | NEXT,
+                0,
+            ))],
+            0,
+        )
+        .unwrap();
+        rxq.add_desc_chains(
+            &[RawDescriptor::from(SplitDescriptor::new(
+                0x30000, 2048, WRITE, 0,
+            ))],
+            1,
+        )
+        .unwrap();
+        let mut rx: Queue = rxq.create_queue().unwrap();
+        let mut pending = Some(vec![0x5au8; 60]);
+        assert!(fill_rx(
+            &mem,
+            &mut rx,
+            &mut net,
+            &mut pending,
+            &mut st,
+            &mut log
+        ));
+        assert!(pending.is_none());
+        assert_eq!((st.rx_frames, st.dropped), (1, 4));
+        assert_eq!(used_elem(&mem, rxq.used_addr(), 0), (0, 0), "loop unused");
+        assert_eq!(used_elem(&mem, rxq.used_addr(), 1), (1, 72));
+        let mut got = [0u8; 60];
+        mem.read_slice(&mut got, GuestAddress(0x30000 + NET_HDR_LEN as u64))
+            .unwrap();
+        assert_eq!(got, [0x5a; 60]);
+        let mut untouched = [0u8; 72];
+        mem.read_slice(&mut untouched, GuestAddress(0x20000))
+            .unwrap();
+        assert_eq!(untouched, [0; 72], "nothing written through the loop");
+    }
+
+    #[test]
+    fn each_drop_reason_has_its_own_rate_limit() {
+        let mut log = DropLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.admit(DropReason::TxChain, t0), Some(0));
+        assert_eq!(log.admit(DropReason::TxChain, t0), None);
+        assert_eq!(
+            log.admit(DropReason::RxChain, t0),
+            Some(0),
+            "another reason is not muted"
+        );
+        assert_eq!(log.admit(DropReason::UsedRing, t0), Some(0));
+        let later = t0 + crate::log_limit::LOG_INTERVAL;
+        assert_eq!(log.admit(DropReason::TxChain, later), Some(1));
+        assert_eq!(log.admit(DropReason::RxChain, later), Some(0));
     }
 
     #[test]

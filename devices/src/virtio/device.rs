@@ -83,3 +83,16 @@ pub fn read_config_bytes(config: &[u8], offset: u32, data: &mut [u8]) {
     data.fill(0);
     data[..end - start].copy_from_slice(&config[start..end]);
 }
+
+/// Whether `chain` ends where a well-behaved driver ends it: on a descriptor without the NEXT
+/// flag. The queue's iterator stops early, still on a NEXT descriptor, at a loop (after
+/// queue-size descriptors), a `next` index past the table, a descriptor table outside guest
+/// memory, a bad indirect table or a chain longer than 4 GiB; a chain whose head cannot be read
+/// yields nothing. Devices drop such chains rather than use the part that could be read.
+pub fn chain_is_complete<M>(chain: &virtio_queue::DescriptorChain<M>) -> bool
+where
+    M: std::ops::Deref + Clone,
+    M::Target: vm_memory::GuestMemory,
+{
+    chain.clone().last().is_some_and(|d| !d.has_next())
+}

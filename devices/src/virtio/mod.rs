@@ -14,8 +14,8 @@ mod tests;
 pub mod transport;
 
 pub use device::{
-    read_config_bytes, ActivateContext, ActivateError, ActiveQueue, GuestMem, VirtioDevice,
-    VirtioInterrupt,
+    chain_is_complete, read_config_bytes, ActivateContext, ActivateError, ActiveQueue, GuestMem,
+    VirtioDevice, VirtioInterrupt,
 };
 pub use msix::MsixTable;
 pub use notify::drain_suppressed;

@@ -189,6 +189,18 @@ impl Guest {
     }
 }
 
+/// Receives everything available on a guest socket into `out`.
+pub fn drain(g: &mut Guest, h: SocketHandle, out: &mut Vec<u8>) {
+    let s = g.tcp(h);
+    while s.can_recv() {
+        s.recv(|b| {
+            out.extend_from_slice(b);
+            (b.len(), ())
+        })
+        .unwrap();
+    }
+}
+
 /// Waits up to `ms` milliseconds for `fd` to become readable.
 pub fn wait_readable(fd: i32, ms: i32) {
     let mut p = libc::pollfd {

@@ -10,22 +10,10 @@ use std::time::{Duration, Instant};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
 
-use super::harness::{closed_port, config, local_listener, Guest};
+use super::harness::{closed_port, config, drain, local_listener, Guest};
 use crate::net::{PortForward, GATEWAY_IP};
 
 const T: Option<Duration> = Some(Duration::from_secs(10));
-
-/// Receives everything available on a guest socket into `out`.
-fn drain(g: &mut Guest, h: SocketHandle, out: &mut Vec<u8>) {
-    let s = g.tcp(h);
-    while s.can_recv() {
-        s.recv(|b| {
-            out.extend_from_slice(b);
-            (b.len(), ())
-        })
-        .unwrap();
-    }
-}
 
 fn all_freed(g: &mut Guest) -> bool {
     let s = g.net.stats();
