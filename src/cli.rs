@@ -641,6 +641,9 @@ fn run_qemu(args: Vec<String>, timeline: Timeline) -> ExitCode {
             for opt in &inv.ignored {
                 tracing::info!(option = %opt, "QEMU option has no meaning for cvmm; ignored");
             }
+            if let Some(note) = inv.reset_note() {
+                tracing::info!("{note}");
+            }
             timeline.mark("args_parsed");
             run_vm(inv.spec, timeline, "kill")
         }

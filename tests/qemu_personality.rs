@@ -2,7 +2,10 @@
 //! without pflash, with the probe guest as -kernel) boots through a `qemu-system-x86_64`
 //! symlink and answers through its hostfwd port with the env share read over 9p; unsupported
 //! options fail at once with QEMU-style wording; the SNP and TDX sets meet the TEE check's
-//! refusal on a host without SNP/TDX before any file they name is opened.
+//! refusal on a host without SNP/TDX before any file they name is opened. What the Go manager
+//! relies on: with `-nographic` the console is on stdout, SIGTERM ends a running guest well
+//! within its 30 s bound, and a guest reset ends the VM (cvmm never reboots; without
+//! `-no-reboot` it says so once).
 
 mod common;
 
@@ -194,5 +197,175 @@ fn the_managers_plain_argument_set_boots_the_probe() {
     );
     for d in [env, certs] {
         std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+/// The manager's plain options around the probe as `-kernel` (no pflash, no devices).
+fn plain_line(append: &str) -> Vec<String> {
+    let k = probe("pvh");
+    [
+        "-enable-kvm",
+        "-machine",
+        "q35",
+        "-cpu",
+        "EPYC",
+        "-smp",
+        "1,maxcpus=64",
+        "-m",
+        "256M,slots=5,maxmem=30G",
+        "-kernel",
+        k.to_str().unwrap(),
+        "-append",
+        append,
+        "-nographic",
+        "-monitor",
+        "pty",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn spawn_qemu(args: &[String], log: &str) -> std::process::Child {
+    Command::new(symlinked_qemu())
+        .args(args)
+        .env("CVMM_LOG", log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn nographic_puts_the_guest_console_on_stdout() {
+    if !kvm_available("tier B qemu personality") {
+        return;
+    }
+    let child = spawn_qemu(&plain_line("probe.exit=poweroff"), "info");
+    let r = wait_limit(child, Duration::from_secs(60));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    for line in [
+        "cvmm-probe: start proto=pvh",
+        "cvmm-probe: cmdline=probe.exit=poweroff",
+        "cvmm-probe: ready",
+        "cvmm-probe: exit=poweroff",
+    ] {
+        assert!(
+            r.stdout.lines().any(|l| l.trim_end() == line),
+            "'{line}' not on stdout: {}",
+            r.stdout
+        );
+    }
+    assert!(
+        !r.stderr.contains("cvmm-probe"),
+        "console lines on stderr: {}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("guest powered off"),
+        "cvmm's own lines stay on stderr: {}",
+        r.stderr
+    );
+}
+
+/// The Go manager stops QEMU with SIGTERM and gives it 30 s before SIGKILL: a guest busy
+/// serving its network must end within that bound, with cvmm's status for a signal (128+15).
+#[test]
+fn sigterm_ends_a_running_guest_within_the_managers_bound() {
+    if !kvm_available("tier B qemu personality") {
+        return;
+    }
+    let port = free_port();
+    let mut args = plain_line("probe.net=dhcp");
+    args.extend([
+        "-netdev".to_string(),
+        format!("user,id=vmnic-1,hostfwd=tcp::{port}-:7002"),
+        "-device".to_string(),
+        "virtio-net-pci,disable-legacy=on,iommu_platform=true,netdev=vmnic-1,addr=0x2,romfile="
+            .to_string(),
+    ]);
+    let mut child = spawn_qemu(&args, "warn");
+    // Read the console until the guest serves (it then polls its NIC in a loop, forever).
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("cvmm-probe: net ready") {
+                let _ = tx.send(());
+            }
+            seen.push(line);
+        }
+        seen
+    });
+    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        let r = wait_limit(child, Duration::from_secs(5));
+        panic!(
+            "the guest never served: {:?}\n{}",
+            reader.join().unwrap(),
+            r.stderr
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = Instant::now();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let r = wait_limit(child, Duration::from_secs(30));
+    let took = sent.elapsed();
+    assert_eq!(
+        r.signal, None,
+        "killed by the test's 30 s guard: {}",
+        r.stderr
+    );
+    assert_eq!(r.code, Some(128 + libc::SIGTERM), "{}", r.stderr);
+    assert!(r.stderr.contains("stopped by signal 15"), "{}", r.stderr);
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    println!("qemu personality: SIGTERM to exit {} ms", took.as_millis());
+    let console = reader.join().unwrap();
+    assert!(
+        console.iter().any(|l| l.contains("cvmm-probe: ready")),
+        "{console:?}"
+    );
+}
+
+/// QEMU without `-no-reboot` restarts a guest that resets; cvmm cannot, so it ends the VM
+/// with status 3 and says so once at start. With `-no-reboot` that is what was asked: no note.
+#[test]
+fn a_guest_reset_ends_the_vm_and_the_difference_is_logged_once() {
+    if !kvm_available("tier B qemu personality") {
+        return;
+    }
+    let note = "cvmm does not reboot guests: a guest reset ends the VM (exit status 3)";
+    for no_reboot in [false, true] {
+        let mut args = plain_line("probe.exit=reboot");
+        if no_reboot {
+            args.push("-no-reboot".into());
+        }
+        let r = wait_limit(spawn_qemu(&args, "info"), Duration::from_secs(60));
+        assert_eq!(r.code, Some(3), "-no-reboot {no_reboot}: {}", r.stderr);
+        assert!(
+            r.stdout.contains("cvmm-probe: exit=reboot"),
+            "-no-reboot {no_reboot}: {}",
+            r.stdout
+        );
+        assert_eq!(
+            r.stdout.matches("cvmm-probe: start").count(),
+            1,
+            "the guest ran once: {}",
+            r.stdout
+        );
+        let last = r.stderr.lines().last().unwrap_or_default();
+        assert!(last.contains("guest requested a reset"), "{last}");
+        let notes = r.stderr.matches(note).count();
+        assert_eq!(
+            notes,
+            usize::from(!no_reboot),
+            "-no-reboot {no_reboot}: {}",
+            r.stderr
+        );
     }
 }

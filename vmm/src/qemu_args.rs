@@ -130,10 +130,25 @@ pub struct QemuInvocation {
     pub tee: Option<TeeOptions>,
     /// UEFI variable store (pflash unit 1); `spec.firmware` holds the code (unit 0).
     pub firmware_vars: Option<FirmwareVars>,
-    /// `-no-reboot`: a guest reset ends the VM instead of restarting it.
+    /// `-no-reboot`: a guest reset ends the VM instead of restarting it. cvmm always does
+    /// that (see [`QemuInvocation::reset_note`]).
     pub no_reboot: bool,
     /// `-name`.
     pub name: Option<String>,
+}
+
+/// What cvmm does on a guest reset where QEMU, without `-no-reboot`, would restart the guest.
+pub const RESET_ENDS_THE_VM: &str = "without -no-reboot QEMU would restart the guest on a reset; \
+     cvmm does not reboot guests: a guest reset ends the VM (exit status 3)";
+
+impl QemuInvocation {
+    /// The line to log once before the VM starts when the command line expects QEMU's reboot
+    /// on a guest reset, which cvmm does not do (it cannot rebuild a VM in a process whose
+    /// seccomp filters forbid creating one). `None` with `-no-reboot`: that asks for exactly
+    /// what cvmm does.
+    pub fn reset_note(&self) -> Option<&'static str> {
+        (!self.no_reboot).then_some(RESET_ENDS_THE_VM)
+    }
 }
 
 /// Parses QEMU arguments (without the program name) into a [`QemuInvocation`].

@@ -986,6 +986,8 @@ fn smp_memory_and_serial_semantics() {
     ])
     .unwrap();
     assert!(inv.no_reboot);
+    assert_eq!(inv.reset_note(), None, "-no-reboot asks for what cvmm does");
+    assert_eq!(parse_k(&[]).unwrap().reset_note(), Some(RESET_ENDS_THE_VM));
     assert_eq!(inv.name.as_deref(), Some("cvm-1"));
     assert_eq!(inv.spec.cpu, "EPYC-v4,+avx2");
     // No -cpu: cvmm's own default model.
