@@ -16,7 +16,10 @@ use crate::spec::VmSpec;
 use crate::timeline::Timeline;
 use devices::bus::MmioDevice;
 use devices::chipset::Q35_ECAM_BASE;
-use devices::firmware::files::{e820_file, E820_FILE, E820_RAM, E820_RESERVED};
+use devices::firmware::files::{
+    boot_fail_wait_file, bootorder_file, e820_file, system_states_file, BOOTORDER_FILE,
+    BOOT_FAIL_WAIT_FILE, E820_FILE, E820_RAM, E820_RESERVED, SYSTEM_STATES_FILE,
+};
 use devices::firmware::fw_cfg::keys;
 use devices::firmware::{
     AcpiTables, E820Entry, FlashArray, FwCfg, LinuxBoot, Pflash, PFLASH_SECTOR_SIZE,
@@ -399,6 +402,26 @@ const FW_CFG_PHASES: &[(&str, &str)] = &[
     ("initrd", "fw_cfg_initrd"),
 ];
 
+/// The files QEMU's q35 adds for a machine with no boot devices, as cvmm's platform fills
+/// them:
+///
+/// - `bootorder`, empty (QEMU lists it with size 0 when no device has a `bootindex`; OVMF's
+///   QemuBootOrderLib then leaves its own `BootOrder` alone; the kernel comes from fw_cfg);
+/// - `etc/boot-fail-wait`, -1 ("never reboot after a failed boot", QEMU's default without
+///   `-boot reboot-timeout`; SeaBIOS reads it, OVMF does not);
+/// - `etc/system-states` with S3 and S4 unavailable, as QEMU encodes it with ICH9-LPC's
+///   `disable_s3=1,disable_s4=1`: cvmm offers neither state (its DSDT has only `_S5_` and
+///   the PM block ignores other sleep types), and OVMF turns its S3 resume support
+///   (`QemuFwCfgS3Enabled`: byte 3, bit 7) on only when S3 is announced. QEMU's defaults
+///   announce both, because it implements them.
+pub fn platform_files() -> [(&'static str, Vec<u8>); 3] {
+    [
+        (BOOTORDER_FILE, bootorder_file(&[])),
+        (BOOT_FAIL_WAIT_FILE, boot_fail_wait_file(None)),
+        (SYSTEM_STATES_FILE, system_states_file(false, false)),
+    ]
+}
+
 /// Builds the fw_cfg device of a firmware boot.
 pub fn fw_cfg(inputs: FwCfgInputs) -> Result<FwCfg> {
     let FwCfgInputs {
@@ -419,6 +442,9 @@ pub fn fw_cfg(inputs: FwCfgInputs) -> Result<FwCfg> {
     fw.set_u16(keys::NOGRAPHIC, 1).map_err(fwerr)?;
     fw.add_file(E820_FILE, e820_file(&e820(spec.memory_mib)))
         .map_err(fwerr)?;
+    for (name, data) in platform_files() {
+        fw.add_file(name, data).map_err(fwerr)?;
+    }
     acpi.build()
         .map_err(|e| VmmError::Input(format!("ACPI tables: {e}")))?
         .install(&mut fw)
@@ -518,6 +544,124 @@ mod tests {
             None,
             "1 TiB of RAM leaves no room below 2^36"
         );
+    }
+
+    /// Reads item `key` the way firmware does over the I/O interface: selector at 0x510
+    /// (16-bit), then `len` bytes from the data port 0x511.
+    fn read_item(fw: &mut FwCfg, key: u16, len: usize) -> Vec<u8> {
+        use devices::bus::PioDevice;
+        fw.write(0, &key.to_le_bytes());
+        (0..len)
+            .map(|_| {
+                let mut b = [0u8];
+                fw.read(1, &mut b);
+                b[0]
+            })
+            .collect()
+    }
+
+    /// The file directory as the guest reads it: (name, key, size).
+    fn directory(fw: &mut FwCfg) -> Vec<(String, u16, usize)> {
+        let count = u32::from_be_bytes(read_item(fw, keys::FILE_DIR, 4).try_into().unwrap());
+        let dir = read_item(fw, keys::FILE_DIR, 4 + 64 * count as usize);
+        dir[4..]
+            .chunks(64)
+            .map(|e| {
+                let size = u32::from_be_bytes(e[0..4].try_into().unwrap()) as usize;
+                let key = u16::from_be_bytes([e[4], e[5]]);
+                let name = e[8..].split(|&b| b == 0).next().unwrap();
+                (String::from_utf8(name.to_vec()).unwrap(), key, size)
+            })
+            .collect()
+    }
+
+    fn vm_fw_cfg(spec: &VmSpec) -> FwCfg {
+        let acpi = crate::acpi::firmware_tables(spec.vcpus, &crate::acpi::AcpiPlatform::q35(None));
+        fw_cfg(FwCfgInputs {
+            spec,
+            acpi,
+            mem: Arc::new(crate::memory::create(16).unwrap()),
+            timeline: &Timeline::new(),
+            pristine_kernel: false,
+        })
+        .unwrap()
+    }
+
+    /// The guest's view of one named file: its directory size and the bytes behind its key.
+    fn file_as_read(fw: &mut FwCfg, name: &str) -> Option<Vec<u8>> {
+        let (_, key, size) = directory(fw).into_iter().find(|(n, _, _)| n == name)?;
+        Some(read_item(fw, key, size))
+    }
+
+    #[test]
+    fn the_directory_lists_qemus_platform_files_with_their_contents() {
+        let spec = VmSpec {
+            vcpus: 2,
+            memory_mib: 256,
+            ..Default::default()
+        };
+        let mut fw = vm_fw_cfg(&spec);
+        let names: Vec<String> = directory(&mut fw).into_iter().map(|e| e.0).collect();
+        for want in ["bootorder", "etc/boot-fail-wait", "etc/system-states"] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+        // No boot devices: an empty bootorder, as QEMU lists it (OVMF keeps its BootOrder).
+        assert_eq!(file_as_read(&mut fw, "bootorder").unwrap(), b"");
+        // -1: never reboot after a failed boot.
+        assert_eq!(
+            file_as_read(&mut fw, "etc/boot-fail-wait").unwrap(),
+            [0xff, 0xff, 0xff, 0xff]
+        );
+        // S0 and S5 available, S3 (type 1) and S4 (type 2) listed but not available: OVMF's
+        // QemuFwCfgS3Enabled reads byte 3 bit 7 and must see it clear.
+        let states = file_as_read(&mut fw, "etc/system-states").unwrap();
+        assert_eq!(states, [0x80, 0, 0, 0x01, 0x02, 0x80]);
+        assert_eq!(states[3] & 0x80, 0, "S3 not announced");
+        // Directory sizes match what is read, and the files sit beside the e820 map and ACPI.
+        for want in ["etc/e820", "etc/acpi/tables", "etc/table-loader"] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "directory in name order, as QEMU's");
+    }
+
+    #[test]
+    fn an_opt_string_from_the_spec_reaches_the_directory_with_its_bytes() {
+        let spec = VmSpec {
+            fw_cfg: vec![
+                ("opt/ovmf/X-PciMmio64Mb".into(), "65536".into()),
+                ("opt/org.cvmm/greeting".into(), "héllo".into()),
+            ],
+            ..Default::default()
+        };
+        let mut fw = vm_fw_cfg(&spec);
+        assert_eq!(
+            file_as_read(&mut fw, "opt/ovmf/X-PciMmio64Mb").unwrap(),
+            b"65536",
+            "the string's bytes, no NUL, as QEMU's -fw_cfg string="
+        );
+        assert_eq!(
+            file_as_read(&mut fw, "opt/org.cvmm/greeting").unwrap(),
+            "héllo".as_bytes()
+        );
+        // A name that collides with a platform file is refused, naming the flag and file.
+        let clash = VmSpec {
+            fw_cfg: vec![("etc/system-states".into(), "x".into())],
+            ..Default::default()
+        };
+        let acpi = crate::acpi::firmware_tables(1, &crate::acpi::AcpiPlatform::q35(None));
+        let e = fw_cfg(FwCfgInputs {
+            spec: &clash,
+            acpi,
+            mem: Arc::new(crate::memory::create(16).unwrap()),
+            timeline: &Timeline::new(),
+            pristine_kernel: false,
+        })
+        .err()
+        .expect("duplicate file")
+        .to_string();
+        assert!(e.contains("--fw-cfg etc/system-states"), "{e}");
     }
 
     fn scratch(name: &str, data: &[u8]) -> std::path::PathBuf {

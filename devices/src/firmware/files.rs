@@ -64,7 +64,8 @@ pub fn e820_file(entries: &[E820Entry]) -> Vec<u8> {
 }
 
 /// The `bootorder` file: paths separated by newlines, the last one NUL-terminated; empty
-/// when there are none (QEMU then adds no file).
+/// when there are none (QEMU still lists the file, with size 0, and OVMF then keeps its own
+/// `BootOrder` variable).
 pub fn bootorder_file(paths: &[&str]) -> Vec<u8> {
     if paths.is_empty() {
         return Vec::new();
