@@ -84,8 +84,23 @@ pub struct Report {
 pub struct PhaseStats {
     /// Phase name (`kvm_vm_created`, `port80:0x40`, `first_kvm_run[vcpu0]`, ...).
     pub phase: String,
+    /// For a debug-port code: its boot stage (`firmware`, `boot_loader`, `kernel`,
+    /// `user_space`); absent for other phases and codes from 0x80 up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
     /// Milliseconds since process start.
     pub ms: Summary,
+}
+
+impl PhaseStats {
+    /// How tables and the plot name the phase: `port80:0x40 (kernel)` for a debug-port code
+    /// with a stage, the phase name otherwise.
+    pub fn label(&self) -> String {
+        match &self.stage {
+            Some(stage) => format!("{} ({stage})", self.phase),
+            None => self.phase.clone(),
+        }
+    }
 }
 
 /// The `--vs` side.
@@ -188,8 +203,12 @@ fn build_report(
     let mut order: Vec<String> = Vec::new();
     let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut metrics: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut stages: BTreeMap<String, String> = BTreeMap::new();
     for r in cvmm {
         if let Outcome::Timeline(doc) = &r.outcome {
+            for (name, stage) in &doc.stages {
+                stages.entry(name.clone()).or_insert_with(|| stage.clone());
+            }
             for (name, v) in &doc.metrics {
                 metrics.entry(name.clone()).or_default().push(*v as f64);
             }
@@ -209,6 +228,7 @@ fn build_report(
         .filter_map(|p| {
             Some(PhaseStats {
                 phase: p.clone(),
+                stage: stages.get(p).cloned(),
                 ms: Summary::of(values.get(p)?)?,
             })
         })

@@ -547,15 +547,31 @@ fn run_vm_with_control(
         eprintln!("cvmm: VMM failure: {e}");
         return ExitCode::from(EXIT_FAILURE);
     }
-    let _control =
-        match bound.map(|b| b.serve(spec.name.clone(), timeline.clone(), Box::new(stop_self))) {
-            Some(Err(e)) => {
-                eprintln!("cvmm: VMM failure: {e}");
-                return ExitCode::from(EXIT_FAILURE);
-            }
-            served => served.and_then(Result::ok),
-        };
-    match vmm::run_spec(&spec, timeline) {
+    // `powerdown` on the control socket presses the VM's ACPI power button.
+    let button = match bound
+        .as_ref()
+        .map(|_| vmm::power_button::PowerButton::new())
+    {
+        Some(Err(e)) => {
+            eprintln!("cvmm: VMM failure: power button eventfd: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        b => b.and_then(Result::ok),
+    };
+    let hooks = vmm::control::ControlHooks {
+        on_stop: Box::new(stop_self),
+        on_powerdown: button
+            .clone()
+            .map(|b| Box::new(move || b.press()) as vmm::control::PowerdownHook),
+    };
+    let _control = match bound.map(|b| b.serve_with(spec.name.clone(), timeline.clone(), hooks)) {
+        Some(Err(e)) => {
+            eprintln!("cvmm: VMM failure: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        served => served.and_then(Result::ok),
+    };
+    match vmm::run_spec_with(&spec, timeline, button) {
         Ok(exit) => {
             eprintln!("cvmm: {}", exit.reason());
             ExitCode::from(exit.exit_code().clamp(0, 255) as u8)

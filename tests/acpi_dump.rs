@@ -109,6 +109,24 @@ fn direct_boot_tables_are_hardware_reduced_and_disassemble_cleanly() {
     for want in ["PNP0A08", "_S5_", "PNP0501", "PNP0B00", "QEMU0001"] {
         assert!(dsdt.contains(want), "DSDT lacks {want}");
     }
+    // The power button: no fixed features on this platform, so a PNP0C0C device notified by
+    // the Generic Event Device's _EVT, which reads the GED's event register (port 0x604) on
+    // its interrupt (GSI 5, edge, active high).
+    assert!(dsl(&d, "FACP").contains("Power Button (V1) : 1"));
+    for want in [
+        "ACPI0013",
+        "PNP0C0C",
+        "Device (PWRB)",
+        "Device (GED)",
+        "Method (_EVT, 1, Serialized)",
+        "OperationRegion (GDST, SystemIO, 0x0604, One)",
+        "GDAT,   8",
+        "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
+        "0x00000005,",
+        "Notify (\\_SB.PWRB, 0x80)",
+    ] {
+        assert!(dsdt.contains(want), "DSDT lacks '{want}':\n{dsdt}");
+    }
 }
 
 #[test]
@@ -135,5 +153,12 @@ fn firmware_boot_tables_describe_the_q35_pm_block_and_windows() {
     let dsdt = dsl(&d, "DSDT");
     for want in ["0xC0000000", "0xFBFFFFFF", "QWordMemory", "0xB0000000"] {
         assert!(dsdt.contains(want), "DSDT lacks {want}");
+    }
+    // The fixed-feature power button of the ICH9 PM block, its events on SCI 9; no GED.
+    for want in ["Power Button (V1) : 0", "SCI Interrupt : 0009"] {
+        assert!(fadt.contains(want), "FADT lacks '{want}'");
+    }
+    for absent in ["ACPI0013", "_EVT"] {
+        assert!(!dsdt.contains(absent), "q35 DSDT has {absent}");
     }
 }

@@ -112,6 +112,21 @@ fn three_runs_give_a_complete_report_and_a_png() {
     for p in phases {
         summary_ok(&p["ms"], p["phase"].as_str().unwrap());
     }
+    // Debug-port codes keep their names and say their stage (the probe writes 0x60 when it
+    // reaches its user-space-equivalent ready point).
+    let port80 = phases.iter().find(|p| p["phase"] == "port80:0x60").unwrap();
+    assert_eq!(port80["stage"], "user_space", "{port80}");
+    for p in phases.iter().filter(|p| p.get("stage").is_some()) {
+        assert!(
+            p["phase"].as_str().unwrap().starts_with("port80:0x"),
+            "only debug-port codes have a stage: {p}"
+        );
+    }
+    assert!(
+        r.stdout.contains("| port80:0x60 (user_space) |"),
+        "{}",
+        r.stdout
+    );
     if have_qemu {
         let o = &doc["other"];
         summary_ok(&o["ready_ms"], "other ready");

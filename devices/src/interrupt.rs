@@ -5,6 +5,10 @@
 
 use vmm_sys_util::eventfd::EventFd;
 
+/// A level-triggered interrupt line a device drives (the ACPI SCI): called with `true` when
+/// the device asserts it and `false` when it releases it, only on changes.
+pub type IrqLine = Box<dyn FnMut(bool) + Send>;
+
 /// Errors from the hypervisor side of interrupts.
 #[derive(Debug, thiserror::Error)]
 pub enum InterruptError {

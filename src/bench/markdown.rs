@@ -21,7 +21,7 @@ pub fn render(r: &Report) -> String {
         r.cvmm_args.join(" ")
     );
     for p in &r.phases {
-        out += &format!("| {} | {} |\n", p.phase, cells(&Some(p.ms)));
+        out += &format!("| {} | {} |\n", p.label(), cells(&Some(p.ms)));
     }
     out += "\n| measure | min | median | p90 | max |\n|---|---|---|---|---|\n";
     out += &format!(

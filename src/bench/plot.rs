@@ -44,7 +44,7 @@ fn bars(r: &Report) -> Vec<Bar> {
     let mut prev = 0.0;
     for p in &r.phases {
         let at = p.ms.median.max(prev);
-        segs.push((p.phase.clone(), prev, at));
+        segs.push((p.label(), prev, at));
         prev = at;
     }
     if let Some(exit) = r.cvmm_exit_ms {
@@ -85,6 +85,23 @@ fn bars(r: &Report) -> Vec<Bar> {
     out
 }
 
+/// The legend's entries in drawing order: each segment name once.
+fn legend(bars: &[Bar]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (name, _, _) in bars.iter().flat_map(|b| &b.segs) {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+/// The legend `r`'s plot gets (debug-port codes labelled with their stage).
+#[cfg(test)]
+pub fn legend_of(r: &Report) -> Vec<String> {
+    legend(&bars(r))
+}
+
 /// Writes the PNG, labelled when a font could be loaded.
 pub fn draw(r: &Report, path: &Path) -> anyhow::Result<()> {
     render(r, path, load_font())
@@ -102,17 +119,11 @@ pub fn render(r: &Report, path: &Path, text: bool) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let err = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("{e:?}");
-    let mut legend: Vec<String> = Vec::new();
+    let legend = legend(&bars);
     for (i, bar) in bars.iter().enumerate() {
         let x0 = 120 + i as i32 * 260;
         for (name, from, to) in &bar.segs {
-            let k = match legend.iter().position(|n| n == name) {
-                Some(k) => k,
-                None => {
-                    legend.push(name.clone());
-                    legend.len() - 1
-                }
-            };
+            let k = legend.iter().position(|n| n == name).unwrap_or(0);
             let color = Palette99::pick(k).filled();
             root.draw(&Rectangle::new([(x0, y(*to)), (x0 + 160, y(*from))], color))
                 .map_err(err)?;

@@ -24,6 +24,9 @@ pub struct TimelineDoc {
     pub events: Vec<(String, u64)>,
     /// The named numbers beside the events (`vmm_hwm_kib`, `vmm_overhead_kib`, ...).
     pub metrics: Vec<(String, u64)>,
+    /// The boot stage of each debug-port event name (`port80:0x40` → `kernel`), from the
+    /// timeline's `stage` field.
+    pub stages: Vec<(String, String)>,
 }
 
 /// One finished run.
@@ -79,6 +82,7 @@ pub fn parse_timeline(text: &str) -> anyhow::Result<TimelineDoc> {
                 .collect()
         })
         .unwrap_or_default();
+    let mut stages: Vec<(String, String)> = Vec::new();
     let events = events
         .iter()
         .map(|e| {
@@ -89,10 +93,19 @@ pub fn parse_timeline(text: &str) -> anyhow::Result<TimelineDoc> {
                 (None, Some(v)) => format!("{phase}[vcpu{v}]"),
                 (None, None) => phase.to_string(),
             };
+            if let Some(stage) = e["stage"].as_str() {
+                if !stages.iter().any(|(n, _)| *n == name) {
+                    stages.push((name.clone(), stage.to_string()));
+                }
+            }
             Ok((name, us))
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(TimelineDoc { events, metrics })
+    Ok(TimelineDoc {
+        events,
+        metrics,
+        stages,
+    })
 }
 
 fn timed(mut cmd: Command, marker: Option<&str>, limit: Duration) -> anyhow::Result<OneRun> {
@@ -183,7 +196,8 @@ mod tests {
     #[test]
     fn timeline_events_get_report_names() {
         let text = r#"{"events":[{"phase":"process_start","us":0},{"phase":"kvm_vm_created","us":900},
-            {"phase":"first_kvm_run","us":2000,"vcpu":0},{"phase":"port80","us":2100,"code":64}],
+            {"phase":"first_kvm_run","us":2000,"vcpu":0},{"phase":"port80","us":2100,"code":64,"stage":"kernel"},
+            {"phase":"debug_port","us":2200,"code":200}],
             "metrics":{"vmm_hwm_kib":5120,"bogus":"x"}}"#;
         let doc = parse_timeline(text).unwrap();
         assert_eq!(doc.metrics, [("vmm_hwm_kib".to_string(), 5120)]);
@@ -195,8 +209,14 @@ mod tests {
                 "process_start",
                 "kvm_vm_created",
                 "first_kvm_run[vcpu0]",
-                "port80:0x40"
+                "port80:0x40",
+                "port80:0xc8"
             ]
+        );
+        assert_eq!(
+            doc.stages,
+            [("port80:0x40".to_string(), "kernel".to_string())],
+            "a stage where the timeline gives one, none for 0xc8"
         );
         assert_eq!(ev[2].1, 2000);
         assert!(parse_timeline("{}").is_err());

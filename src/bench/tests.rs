@@ -22,6 +22,7 @@ fn cvmm_run(exit_ms: f64, events: &[(&str, u64)], hwm: u64) -> OneRun {
         outcome: Outcome::Timeline(TimelineDoc {
             events: events.iter().map(|(n, us)| (n.to_string(), *us)).collect(),
             metrics: vec![("vmm_hwm_kib".into(), hwm)],
+            stages: Vec::new(),
         }),
     }
 }
@@ -154,4 +155,59 @@ fn the_plot_is_a_png_with_or_without_a_font() {
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         assert!(png.len() > 1000, "{} bytes", png.len());
     }
+}
+
+#[test]
+fn debug_port_codes_carry_their_stage_into_json_markdown_and_the_legend() {
+    let args = parse(&["--runs", "2", "--", "--kernel", "k"]).unwrap();
+    let run = |exit_ms: f64, shift: u64| OneRun {
+        exit_ms,
+        ready_ms: None,
+        maxrss_kib: 1000,
+        outcome: Outcome::Timeline(TimelineDoc {
+            events: vec![
+                ("process_start".into(), 0),
+                ("first_kvm_run[vcpu0]".into(), 2000 + shift),
+                ("port80:0x40".into(), 3000 + shift),
+                ("port80:0x60".into(), 4000 + shift),
+                ("port80:0xc8".into(), 4500 + shift),
+            ],
+            metrics: Vec::new(),
+            stages: vec![
+                ("port80:0x40".into(), "kernel".into()),
+                ("port80:0x60".into(), "user_space".into()),
+            ],
+        }),
+    };
+    let r = build_report(&args, &[run(10.0, 0), run(12.0, 100)], &[], Vec::new());
+    // JSON: names unchanged, the stage beside them; none for 0xc8 or non-port phases.
+    let json = serde_json::to_value(&r).unwrap();
+    let phase = |name: &str| {
+        json["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["phase"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {json}"))
+            .clone()
+    };
+    assert_eq!(phase("port80:0x40")["stage"], "kernel");
+    assert_eq!(phase("port80:0x60")["stage"], "user_space");
+    assert!(phase("port80:0xc8").get("stage").is_none());
+    assert!(phase("first_kvm_run[vcpu0]").get("stage").is_none());
+    // Markdown: the row says which stage the code is.
+    let md = super::markdown::render(&r);
+    assert!(
+        md.contains("| port80:0x40 (kernel) | 3.00 | 3.10 |"),
+        "{md}"
+    );
+    assert!(md.contains("| port80:0x60 (user_space) |"), "{md}");
+    assert!(md.contains("| port80:0xc8 | "), "{md}");
+    // The plot's legend names the stage too.
+    let legend = super::plot::legend_of(&r);
+    assert!(
+        legend.iter().any(|l| l == "port80:0x40 (kernel)"),
+        "{legend:?}"
+    );
+    assert!(legend.iter().any(|l| l == "port80:0xc8"), "{legend:?}");
 }

@@ -8,6 +8,11 @@
 //!
 //! Both get a DSDT (`_S5_`, COM1, the RTC, pvpanic, PCI0 with its windows, the ECAM
 //! reservation), a MADT listing every vCPU and the IOAPIC, and an MCFG.
+//!
+//! The power button: q35 has the fixed-feature button of the ICH9 PM block (FADT flag
+//! PWR_BUTTON clear, PWRBTN_STS/EN in PM1, the SCI on IRQ 9); the hardware-reduced platform,
+//! which has no fixed features, has a PNP0C0C button device notified by a Generic Event
+//! Device (ACPI0013) whose `_EVT` reads the GED's event register on its edge-triggered GSI.
 
 use crate::error::{Result, VmmError};
 use crate::layout::*;
@@ -15,13 +20,16 @@ use crate::memory::GuestMem;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::{aml, Aml};
-use devices::chipset::{Q35_ECAM_BASE, Q35_ECAM_SIZE, Q35_PM_BASE, Q35_S5_SLP_TYP};
-use devices::legacy::{ACPI_RESET_VALUE, ACPI_S5_SLP_TYP};
+use devices::chipset::{Q35_ECAM_BASE, Q35_ECAM_SIZE, Q35_PM_BASE, Q35_S5_SLP_TYP, Q35_SCI_IRQ};
+use devices::legacy::{ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, GED_EVENT_POWER_BUTTON};
 use vm_memory::{Bytes, GuestAddress};
 
 const OEM_ID: [u8; 6] = *b"CVMM  ";
 const OEM_TABLE: [u8; 8] = *b"CVMMVM  ";
 
+/// Set: the power button is a control-method device (the GED's PNP0C0C); clear: the fixed
+/// feature in PM1.
+const FADT_FLAG_PWR_BUTTON: u32 = 1 << 4;
 const FADT_FLAG_RESET_REG_SUP: u32 = 1 << 10;
 const FADT_FLAG_HEADLESS: u32 = 1 << 12;
 const FADT_FLAG_HW_REDUCED_ACPI: u32 = 1 << 20;
@@ -114,7 +122,10 @@ fn fadt(dsdt: u64) -> Sdt {
     t.write_u16(109, IAPC_VGA_NOT_PRESENT);
     t.write_u32(
         112,
-        FADT_FLAG_HW_REDUCED_ACPI | FADT_FLAG_RESET_REG_SUP | FADT_FLAG_HEADLESS,
+        FADT_FLAG_HW_REDUCED_ACPI
+            | FADT_FLAG_PWR_BUTTON
+            | FADT_FLAG_RESET_REG_SUP
+            | FADT_FLAG_HEADLESS,
     );
     t.write_bytes(116, &gas_io(ACPI_PM_PORT + 2)); // RESET_REG
     t.write_u8(128, ACPI_RESET_VALUE);
@@ -136,12 +147,13 @@ const FADT_FLAG_PLATFORM_CLOCK: u32 = 1 << 15;
 const Q35_RESET_VALUE: u8 = 0x0e;
 
 /// The q35 FADT: PM1a event/control, PM timer and GPE0 in the ICH9 block at PMBASE, SCI 9,
-/// ACPI always enabled (no SMI_CMD), reset through 0xCF9. The FACS and DSDT links are filled
-/// in by the firmware (table-loader).
+/// ACPI always enabled (no SMI_CMD), reset through 0xCF9, the fixed-feature power button
+/// (PWR_BUTTON clear) and no sleep button (SLP_BUTTON set: none as a fixed feature, and no
+/// device either). The FACS and DSDT links are filled in by the firmware (table-loader).
 fn fadt_q35() -> Sdt {
     let pm = Q35_PM_BASE;
     let mut t = Sdt::new(*b"FACP", 276, 6, OEM_ID, OEM_TABLE, 1);
-    t.write_u16(46, 9); // SCI_INT
+    t.write_u16(46, Q35_SCI_IRQ as u16); // SCI_INT
     t.write_u32(56, u32::from(pm)); // PM1a_EVT_BLK
     t.write_u32(64, u32::from(pm + 4)); // PM1a_CNT_BLK
     t.write_u32(76, u32::from(pm + 8)); // PM_TMR_BLK
@@ -277,13 +289,80 @@ fn dsdt(p: &AcpiPlatform) -> Sdt {
         mb_names.iter().map(|n| n as &dyn Aml).collect(),
     );
 
-    aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &pvpanic, &pci0, &mbrd])
-        .to_aml_bytes(&mut body);
+    let mut sb: Vec<&dyn Aml> = vec![&com1, &rtc, &pvpanic, &pci0, &mbrd];
+    let button = (!p.q35).then(ged_power_button);
+    if let Some((ged, pwrb)) = &button {
+        sb.push(ged);
+        sb.push(pwrb);
+    }
+    aml::Scope::new("\\_SB_".into(), sb).to_aml_bytes(&mut body);
 
     let mut t = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE, 1);
     t.append_slice(&body);
     t.update_checksum();
     t
+}
+
+/// AML already encoded, placed as it is.
+struct RawAml(Vec<u8>);
+
+impl Aml for RawAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+/// The hardware-reduced power button: `\_SB_.PWRB` (PNP0C0C) and the Generic Event Device
+/// `\_SB_.GED_` (ACPI0013) on [`GED_IRQ`], whose `_EVT` reads the event register at
+/// [`GED_PORT`] (the read clears it) and notifies the button (0x80: pressed) when its bit is
+/// set. Both as opaque AML, ready for the `\_SB_` scope.
+fn ged_power_button() -> (RawAml, RawAml) {
+    let mut ged = Vec::new();
+    let ged_hid: &'static str = "ACPI0013";
+    let ged_irq = aml::Interrupt::new(true, true, false, false, GED_IRQ);
+    let ged_crs = aml::ResourceTemplate::new(vec![&ged_irq]);
+    let ged_region = aml::OpRegion::new(
+        "GDST".into(),
+        aml::OpRegionSpace::SystemIO,
+        &GED_PORT,
+        &(devices::legacy::GED_PORT_LEN as u8),
+    );
+    let ged_field = aml::Field::new(
+        "GDST".into(),
+        aml::FieldAccessType::Byte,
+        aml::FieldLockRule::NoLock,
+        aml::FieldUpdateRule::Preserve,
+        vec![aml::FieldEntry::Named(*b"GDAT", 8)],
+    );
+    let events = aml::Local(0);
+    let gdat = aml::Path::new("GDAT");
+    let read = aml::Store::new(&events, &gdat);
+    let button_bit = aml::And::new(&aml::ZERO, &events, &GED_EVENT_POWER_BUTTON);
+    let pwrb_path = aml::Path::new("\\_SB_.PWRB");
+    let notify = aml::Notify::new(&pwrb_path, &0x80u8);
+    let on_button = aml::If::new(&button_bit, vec![&notify]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read, &on_button]);
+    let ged_names = [
+        aml::Name::new("_HID".into(), &ged_hid),
+        aml::Name::new("_UID".into(), &aml::ZERO),
+        aml::Name::new("_CRS".into(), &ged_crs),
+    ];
+    let mut ged_children: Vec<&dyn Aml> = ged_names.iter().map(|n| n as &dyn Aml).collect();
+    ged_children.extend([&ged_region as &dyn Aml, &ged_field, &evt]);
+    aml::Device::new("GED_".into(), ged_children).to_aml_bytes(&mut ged);
+
+    let mut pwrb = Vec::new();
+    let pwrb_hid = aml::EISAName::new("PNP0C0C");
+    let pwrb_names = [
+        aml::Name::new("_HID".into(), &pwrb_hid),
+        aml::Name::new("_UID".into(), &aml::ZERO),
+    ];
+    aml::Device::new(
+        "PWRB".into(),
+        pwrb_names.iter().map(|n| n as &dyn Aml).collect(),
+    )
+    .to_aml_bytes(&mut pwrb);
+    (RawAml(ged), RawAml(pwrb))
 }
 
 fn madt(vcpus: u32, p: &AcpiPlatform) -> Sdt {
@@ -562,6 +641,43 @@ mod tests {
             assert_eq!(ioapic(&split), Some(IOAPIC_ADDR));
             assert_eq!(ioapic(&kernel), ioapic(&split));
         }
+    }
+
+    #[test]
+    fn the_power_button_is_fixed_on_q35_and_a_ged_device_when_hardware_reduced() {
+        let flags = |t: &Sdt| u32::from_le_bytes(t.as_slice()[112..116].try_into().unwrap());
+        assert_eq!(flags(&fadt_q35()) & FADT_FLAG_PWR_BUTTON, 0, "fixed button");
+        assert_eq!(
+            u16::from_le_bytes([fadt_q35().as_slice()[46], fadt_q35().as_slice()[47]]),
+            9
+        );
+        assert_ne!(
+            flags(&fadt(0)) & FADT_FLAG_PWR_BUTTON,
+            0,
+            "control-method button"
+        );
+        let has = |t: &Sdt, what: &[u8]| t.as_slice().windows(what.len()).any(|w| w == what);
+        let direct = dsdt(&AcpiPlatform::direct());
+        let q35 = dsdt(&AcpiPlatform::q35(None));
+        assert_eq!(sum(direct.as_slice()), 0);
+        for what in [&b"ACPI0013"[..], b"GED_", b"PWRB", b"_EVT", b"GDAT"] {
+            assert!(
+                has(&direct, what),
+                "direct DSDT lacks {}",
+                String::from_utf8_lossy(what)
+            );
+            assert!(
+                !has(&q35, what),
+                "q35 DSDT has {}",
+                String::from_utf8_lossy(what)
+            );
+        }
+        // PNP0C0C as a compressed EISA id (0x0C0CD041, little-endian), after a DWordPrefix.
+        assert!(has(&direct, &[0x0c, 0x41, 0xd0, 0x0c, 0x0c]));
+        // The GED's interrupt: an Extended Interrupt descriptor, consumer, edge, GSI 5.
+        let mut irq = vec![0x89, 6, 0, 0b11, 1];
+        irq.extend_from_slice(&GED_IRQ.to_le_bytes());
+        assert!(has(&direct, &irq));
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //!
 //! - `{"op":"status"}` → `{"name":..,"pid":..,"state":"running","phases":[{"phase":..,"us":..},..]}`
 //! - `{"op":"stop"}` → `{"ok":true}`, then the VM stops as on SIGTERM.
+//! - `{"op":"powerdown"}` → `{"ok":true}` once the VM's ACPI power button has been pressed
+//!   (the guest decides what to do: an OS shuts down and powers off); `{"error":..}` when the
+//!   VM process has no button to press.
 //!
 //! Requests are bounded (a line of at most [`MAX_REQUEST`] bytes, read within [`IO_TIMEOUT`]);
 //! connections are served one at a time, so clients wait up to [`CLIENT_TIMEOUT`];
@@ -34,6 +37,12 @@ pub enum ControlError {
     },
     #[error("control socket {path}: bad answer {answer:?}")]
     BadAnswer { path: PathBuf, answer: String },
+    #[error("control socket {path}: {op} refused: {message}")]
+    Refused {
+        path: PathBuf,
+        op: &'static str,
+        message: String,
+    },
 }
 
 /// What the server answers to `status`.
@@ -59,6 +68,26 @@ struct Request {
 
 /// Called when a client asks the VM to stop.
 pub type StopHook = Box<dyn Fn() + Send>;
+/// Called when a client asks for a power-button press; an error is answered to the client.
+pub type PowerdownHook = Box<dyn Fn() -> std::io::Result<()> + Send>;
+
+/// What the server does on requests that act on the VM.
+pub struct ControlHooks {
+    /// `stop`.
+    pub on_stop: StopHook,
+    /// `powerdown`; `None`: the request is refused (no button to press).
+    pub on_powerdown: Option<PowerdownHook>,
+}
+
+impl ControlHooks {
+    /// Hooks that only stop.
+    pub fn stop_only(on_stop: StopHook) -> Self {
+        Self {
+            on_stop,
+            on_powerdown: None,
+        }
+    }
+}
 
 /// A running control server (its thread ends with the process). The socket file stays: it
 /// lives in the VM's state directory, which its owner removes (a stale file is replaced at the
@@ -103,17 +132,27 @@ pub fn bind(path: &Path) -> Result<BoundControl, ControlError> {
 }
 
 impl BoundControl {
-    /// Serves the socket from a thread named `control`.
+    /// Serves the socket from a thread named `control` (no `powerdown`).
     pub fn serve(
         self,
         name: String,
         timeline: Timeline,
         on_stop: StopHook,
     ) -> Result<ControlServer, ControlError> {
+        self.serve_with(name, timeline, ControlHooks::stop_only(on_stop))
+    }
+
+    /// Serves the socket from a thread named `control` with `hooks`.
+    pub fn serve_with(
+        self,
+        name: String,
+        timeline: Timeline,
+        hooks: ControlHooks,
+    ) -> Result<ControlServer, ControlError> {
         let BoundControl { listener, server } = self;
         std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || serve(listener, name, timeline, on_stop))
+            .spawn(move || serve(listener, name, timeline, hooks))
             .map_err(|source| ControlError::Io {
                 path: server.path.clone(),
                 source,
@@ -133,7 +172,17 @@ pub fn start(
     bind(path)?.serve(name, timeline, on_stop)
 }
 
-fn serve(listener: UnixListener, name: String, timeline: Timeline, on_stop: StopHook) {
+/// Binds `path` and serves it at once with `hooks`.
+pub fn start_with(
+    path: &Path,
+    name: String,
+    timeline: Timeline,
+    hooks: ControlHooks,
+) -> Result<ControlServer, ControlError> {
+    bind(path)?.serve_with(name, timeline, hooks)
+}
+
+fn serve(listener: UnixListener, name: String, timeline: Timeline, hooks: ControlHooks) {
     if let Err(e) = seccomp::install(seccomp::ThreadKind::Control) {
         tracing::error!("control socket disabled: {e}");
         return;
@@ -141,7 +190,7 @@ fn serve(listener: UnixListener, name: String, timeline: Timeline, on_stop: Stop
     for conn in listener.incoming() {
         match conn {
             Ok(s) => {
-                if let Err(e) = handle(s, &name, &timeline, &on_stop) {
+                if let Err(e) = handle(s, &name, &timeline, &hooks) {
                     tracing::debug!("control connection: {e}");
                 }
             }
@@ -154,7 +203,7 @@ fn handle(
     stream: UnixStream,
     name: &str,
     timeline: &Timeline,
-    on_stop: &StopHook,
+    hooks: &ControlHooks,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -168,9 +217,19 @@ fn handle(
         Ok(r) if r.op == "stop" => {
             out.write_all(b"{\"ok\":true}\n")?;
             tracing::info!("stop requested on the control socket");
-            on_stop();
+            (hooks.on_stop)();
             return Ok(());
         }
+        Ok(r) if r.op == "powerdown" => match &hooks.on_powerdown {
+            Some(press) => match press() {
+                Ok(()) => {
+                    tracing::info!("power button pressed on the control socket");
+                    "{\"ok\":true}\n".to_string()
+                }
+                Err(e) => error(&format!("powerdown: cannot press the power button: {e}")),
+            },
+            None => error("powerdown: this VM process has no power button to press"),
+        },
         Ok(r) => error(&format!("unknown op {:?}", r.op)),
         Err(e) => error(&format!("bad request: {e}")),
     };
@@ -229,6 +288,29 @@ pub fn status(path: &Path) -> Result<VmStatus, ControlError> {
         path: path.to_path_buf(),
         answer,
     })
+}
+
+/// Presses the ACPI power button of the VM behind `path` (the guest then shuts down if its
+/// OS handles the button; the VM keeps running until it powers off).
+pub fn powerdown(path: &Path) -> Result<(), ControlError> {
+    let answer = call(path, "{\"op\":\"powerdown\"}\n")?;
+    if answer.trim_end() == "{\"ok\":true}" {
+        return Ok(());
+    }
+    match serde_json::from_str::<serde_json::Value>(answer.trim_end())
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+    {
+        Some(message) => Err(ControlError::Refused {
+            path: path.to_path_buf(),
+            op: "powerdown",
+            message,
+        }),
+        None => Err(ControlError::BadAnswer {
+            path: path.to_path_buf(),
+            answer,
+        }),
+    }
 }
 
 /// Asks the VM behind `path` to stop (it acknowledges before it starts stopping).
@@ -309,6 +391,62 @@ mod tests {
         let idle = UnixStream::connect(&path).unwrap();
         assert_eq!(status(&path).unwrap().name, "vm-2");
         drop(idle);
+    }
+
+    #[test]
+    fn powerdown_calls_its_hook_or_is_refused_without_one() {
+        let path = sock("p");
+        let presses = Arc::new(AtomicUsize::new(0));
+        let p2 = presses.clone();
+        let _server = start_with(
+            &path,
+            "vm-4".into(),
+            Timeline::new(),
+            ControlHooks {
+                on_stop: Box::new(|| panic!("powerdown is not stop")),
+                on_powerdown: Some(Box::new(move || {
+                    p2.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                })),
+            },
+        )
+        .unwrap();
+        powerdown(&path).unwrap();
+        assert_eq!(
+            presses.load(Ordering::SeqCst),
+            1,
+            "pressed before the answer"
+        );
+        assert_eq!(
+            status(&path).unwrap().state,
+            "running",
+            "the VM keeps running"
+        );
+
+        let failing = sock("q");
+        let _s2 = start_with(
+            &failing,
+            "vm-5".into(),
+            Timeline::new(),
+            ControlHooks {
+                on_stop: Box::new(|| {}),
+                on_powerdown: Some(Box::new(|| Err(std::io::Error::other("eventfd full")))),
+            },
+        )
+        .unwrap();
+        let e = powerdown(&failing).unwrap_err().to_string();
+        assert!(
+            e.contains("powerdown refused") && e.contains("eventfd full"),
+            "{e}"
+        );
+
+        let plain = sock("r");
+        let _s3 = start(&plain, "vm-6".into(), Timeline::new(), Box::new(|| {})).unwrap();
+        let e = powerdown(&plain).unwrap_err().to_string();
+        assert!(e.contains("no power button"), "{e}");
+        for p in [path, failing, plain] {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     #[test]

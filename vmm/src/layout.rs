@@ -38,6 +38,10 @@ pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 pub const KVM_TSS_ADDR: usize = 0xfffb_d000;
 /// Base of the ACPI sleep/reset I/O ports.
 pub const ACPI_PM_PORT: u16 = 0x600;
+/// The event register of the direct-boot Generic Event Device (after the sleep/reset ports).
+pub const GED_PORT: u16 = 0x604;
+/// The GSI of the Generic Event Device's interrupt (edge, active high; ISA IRQ 5 is unused).
+pub const GED_IRQ: u32 = 5;
 /// The pvpanic I/O port.
 pub const PVPANIC_PORT: u16 = 0x505;
 /// COM1.

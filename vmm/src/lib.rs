@@ -14,6 +14,7 @@ pub mod igvm_boot;
 pub mod irq;
 pub mod layout;
 pub mod memory;
+pub mod power_button;
 pub mod qemu_args;
 pub mod regs;
 pub mod spec;
@@ -22,4 +23,4 @@ pub mod timeline;
 pub mod vcpu;
 pub mod vm;
 
-pub use vm::{run_spec, VmExit};
+pub use vm::{run_spec, run_spec_with, VmExit};

@@ -1,5 +1,6 @@
 //! The boot timeline: microseconds since process start (taken as `main` entry) for each phase
-//! cvmm sees, and every guest write to the debug port 0x80, written as JSON at exit.
+//! cvmm sees, and every guest write to the debug port 0x80 with the boot stage its code stands
+//! for (`firmware`, `boot_loader`, `kernel`, `user_space`), written as JSON at exit.
 
 use serde::Serialize;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,6 +23,10 @@ pub struct TimelineEvent {
     /// The value written to port 0x80, for `debug_port` entries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<u8>,
+    /// The boot stage of a `debug_port` code (see
+    /// [`devices::legacy::debug_code_stage`]); absent for codes from 0x80 up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<&'static str>,
     /// The vCPU, for per-vCPU entries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vcpu: Option<u32>,
@@ -50,6 +55,7 @@ impl Timeline {
                 phase: "process_start".into(),
                 us: 0,
                 code: None,
+                stage: None,
                 vcpu: None,
             }])),
             metrics: Arc::default(),
@@ -77,6 +83,7 @@ impl Timeline {
             phase: phase.to_string(),
             us,
             code,
+            stage: code.and_then(devices::legacy::debug_code_stage),
             vcpu,
         });
         tracing::debug!(phase, us, ?code, ?vcpu, "boot phase");
@@ -152,8 +159,25 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&t.to_json("poweroff")).unwrap();
         assert_eq!(json["exit"], "poweroff");
         assert_eq!(json["events"][2]["code"], 0x40);
+        assert_eq!(json["events"][2]["phase"], "debug_port", "names kept");
+        assert_eq!(json["events"][2]["stage"], "kernel");
+        assert!(json["events"][1].get("stage").is_none(), "only for codes");
         assert_eq!(json["events"][3]["vcpu"], 1);
         assert!(t.summary().contains("port80:0x40="));
+        for (code, stage) in [
+            (0x01, Some("firmware")),
+            (0x2a, Some("boot_loader")),
+            (0x60, Some("user_space")),
+            (0x80, None),
+        ] {
+            t.debug_code(code, Instant::now());
+            let ev = t.events().pop().unwrap();
+            assert_eq!((ev.code, ev.stage), (Some(code), stage), "{code:#04x}");
+        }
+        let json: serde_json::Value = serde_json::from_str(&t.to_json("x")).unwrap();
+        let last = json["events"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["code"], 0x80);
+        assert!(last.get("stage").is_none(), "0x80: no stage field");
         t.set_metric("vmm_hwm_kib", 2048);
         let json: serde_json::Value = serde_json::from_str(&t.to_json("x")).unwrap();
         assert_eq!(json["metrics"]["vmm_hwm_kib"], 2048);

@@ -12,17 +12,21 @@ use crate::firmware::{self, FirmwareUnit};
 use crate::irq::GsiRouting;
 use crate::layout::*;
 use crate::memory::{self, GuestMem};
+use crate::power_button::{ButtonDevice, ButtonWatcher, PowerButton};
 use crate::regs;
 use crate::spec::{IrqChip, VmSpec};
 use crate::timeline::Timeline;
 use crate::vcpu::{self, VcpuShared};
 use devices::bus::{MmioBus, PioBus, PioDevice};
-use devices::chipset::{AcpiPm, DebugConsole, PmDecode, DEBUGCON_PORT, PM_BLOCK_LEN, Q35_PM_BASE};
+use devices::chipset::{
+    AcpiPm, DebugConsole, PmDecode, DEBUGCON_PORT, PM_BLOCK_LEN, Q35_PM_BASE, Q35_SCI_IRQ,
+};
 use devices::firmware::{FW_CFG_PORT_BASE, FW_CFG_PORT_LEN};
+use devices::interrupt::IrqLine;
 use devices::ioapic::{Ioapic, IOAPIC_BASE, IOAPIC_MMIO_LEN, IOAPIC_PINS};
 use devices::legacy::{
-    AcpiPowerPorts, CmosRtc, DebugPort, GuestStop, PvPanic, SerialPort, StopSignal, SystemControlA,
-    I8042,
+    AcpiPowerPorts, CmosRtc, DebugPort, GenericEventDevice, GuestStop, PvPanic, SerialPort,
+    StopSignal, SystemControlA, GED_PORT_LEN, I8042,
 };
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
@@ -150,6 +154,8 @@ pub struct Vm {
     /// stop) and the firmware's debug console.
     firmware: Vec<Arc<Mutex<FirmwareUnit>>>,
     debugcon: Option<Arc<Mutex<DebugConsole>>>,
+    /// The ACPI power button a [`PowerButton`] press reaches.
+    button: ButtonDevice,
     shared: VcpuShared,
     serial: Arc<Mutex<SerialPort>>,
     serial_out: ConsoleOutput,
@@ -302,17 +308,17 @@ impl Vm {
                 .map_err(|e| VmmError::Memory(format!("IOAPIC map: {e}")))?;
         }
         let mut firmware_units = Vec::new();
+        let button;
         let pci_platform = match fw {
             Some(f) => {
                 let con = Arc::new(Mutex::new(DebugConsole::new(firmware_log_sink(spec)?)));
                 debugcon = Some(con.clone());
+                let pm = AcpiPm::new(pm_decode.clone(), stop.clone())
+                    .with_sci(sci_line(&vm, ioapic.clone()));
+                let pm = Arc::new(Mutex::new(pm));
+                button = ButtonDevice::Fixed(pm.clone());
                 devs.extend([
-                    (
-                        Q35_PM_BASE,
-                        PM_BLOCK_LEN,
-                        Arc::new(Mutex::new(AcpiPm::new(pm_decode.clone(), stop.clone())))
-                            as SharedPio,
-                    ),
+                    (Q35_PM_BASE, PM_BLOCK_LEN, pm as SharedPio),
                     (
                         0x92,
                         1,
@@ -339,11 +345,20 @@ impl Vm {
                 }
             }
             None => {
-                devs.push((
-                    ACPI_PM_PORT,
-                    3,
-                    Arc::new(Mutex::new(AcpiPowerPorts::new(stop.clone()))),
-                ));
+                let ged_irq =
+                    EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("GED irq eventfd"))?;
+                vm.register_irqfd(&ged_irq, GED_IRQ)
+                    .map_err(kvm_call("KVM_IRQFD"))?;
+                let ged = Arc::new(Mutex::new(GenericEventDevice::new(ged_irq)));
+                button = ButtonDevice::Ged(ged.clone());
+                devs.extend([
+                    (
+                        ACPI_PM_PORT,
+                        3,
+                        Arc::new(Mutex::new(AcpiPowerPorts::new(stop.clone()))) as SharedPio,
+                    ),
+                    (GED_PORT, GED_PORT_LEN, ged),
+                ]);
                 crate::devices::PciPlatform::Direct
             }
         };
@@ -373,6 +388,7 @@ impl Vm {
             _tee: tee,
             firmware: firmware_units,
             debugcon,
+            button,
             shared: VcpuShared {
                 pio: Arc::new(pio),
                 mmio: Arc::new(mmio),
@@ -391,7 +407,12 @@ impl Vm {
     }
 
     /// Runs the VM until it stops; returns how it ended.
-    pub fn run(mut self) -> Result<VmExit> {
+    pub fn run(self) -> Result<VmExit> {
+        self.run_with(None)
+    }
+
+    /// Runs the VM until it stops, delivering presses of `button` to its ACPI power button.
+    pub fn run_with(mut self, button: Option<PowerButton>) -> Result<VmExit> {
         vcpu::install_kick_handler();
         let term = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("signal eventfd"))?;
         TERM_FD.store(term_raw(&term), Ordering::SeqCst);
@@ -430,6 +451,13 @@ impl Vm {
         })));
         if self.stdin {
             em.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(self.serial.clone()))));
+        }
+        if let Some(button) = button {
+            em.add_subscriber(Arc::new(Mutex::new(ButtonWatcher {
+                button,
+                device: self.button.clone(),
+                timeline: self.timeline.clone(),
+            })));
         }
         // Set-up is over: from here on the main thread only runs the event loop and shutdown.
         if let Err(e) = seccomp::install(seccomp::ThreadKind::Main) {
@@ -843,9 +871,36 @@ impl MutEventSubscriber for StopWatcher {
     }
 }
 
+/// The SCI of the q35 PM block: IRQ 9, level-triggered, on KVM's irqchip (KVM_IRQ_LINE) or,
+/// with the split irqchip, on cvmm's IOAPIC.
+fn sci_line(vm: &Arc<VmFd>, ioapic: Option<Arc<Mutex<Ioapic>>>) -> IrqLine {
+    match ioapic {
+        Some(io) => Box::new(move |level| {
+            devices::bus::lock(&io).set_irq(Q35_SCI_IRQ as usize, level);
+        }),
+        None => {
+            let vm = vm.clone();
+            Box::new(move |level| {
+                if let Err(e) = vm.set_irq_line(Q35_SCI_IRQ, level) {
+                    tracing::warn!(level, "SCI: KVM_IRQ_LINE: {e}");
+                }
+            })
+        }
+    }
+}
+
 /// Builds and runs the VM in `spec`, writing the timeline where the spec says.
 pub fn run_spec(spec: &VmSpec, timeline: Timeline) -> Result<VmExit> {
-    let exit = Vm::build(spec, timeline.clone())?.run()?;
+    run_spec_with(spec, timeline, None)
+}
+
+/// [`run_spec`] with a power button pressed from outside (the control socket's `powerdown`).
+pub fn run_spec_with(
+    spec: &VmSpec,
+    timeline: Timeline,
+    button: Option<PowerButton>,
+) -> Result<VmExit> {
+    let exit = Vm::build(spec, timeline.clone())?.run_with(button)?;
     if let Some(path) = &spec.timeline {
         if let Err(e) = std::fs::write(path, timeline.to_json(exit.name())) {
             tracing::error!("cannot write the timeline to '{}': {e}", path.display());

@@ -2,8 +2,15 @@
 //! 0x02), PM1 control (0x04: SCI_EN reads 1, SLP_EN with the `_S5_` type powers off), the
 //! 24-bit PM timer at 3.579545 MHz (0x08), GPE0 status/enable (0x20, 0x28) and SMI enable
 //! (0x30). It decodes only while the LPC bridge has it enabled at [`Q35_PM_BASE`].
+//!
+//! The fixed-feature power button: a press ([`AcpiPm::press_power_button`]) latches
+//! PWRBTN_STS (PM1 status bit 8) whether or not the guest listens, as the hardware does; the
+//! SCI (ICH9 routes it to IRQ 9, level-triggered, active high) is asserted while any status
+//! bit is set together with its enable bit (PWRBTN_EN, PM1 enable bit 8; or a GPE0 pair) and
+//! released when the guest clears the status by writing 1 to it.
 
 use crate::bus::PioDevice;
+use crate::interrupt::IrqLine;
 use crate::legacy::{GuestStop, StopSignal};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +23,12 @@ pub const PM_BLOCK_LEN: u16 = 0x80;
 pub const PM_TIMER_HZ: u64 = 3_579_545;
 /// The SLP_TYP of S5 in the firmware-boot DSDT (as QEMU's q35 `_S5_`).
 pub const Q35_S5_SLP_TYP: u16 = 0;
+/// The ISA IRQ the ICH9 routes the SCI to (the FADT's SCI_INT).
+pub const Q35_SCI_IRQ: u32 = 9;
+/// PM1 status: the power button was pressed (write 1 to clear).
+pub const PWRBTN_STS: u16 = 1 << 8;
+/// PM1 enable: a pressed power button raises the SCI.
+pub const PWRBTN_EN: u16 = 1 << 8;
 
 const PM1_STS: u16 = 0x00;
 const PM1_EN: u16 = 0x02;
@@ -26,6 +39,9 @@ const GPE0_EN: u16 = 0x28;
 const GPE0_LEN: u16 = 8;
 const SMI_EN: u16 = 0x30;
 const SCI_EN: u16 = 1;
+/// PM1 events that raise the SCI: the power button (the PM timer overflow, the global lock
+/// and the RTC alarm are not modelled).
+const PM1_SCI_EVENTS: u16 = PWRBTN_STS;
 const SLP_EN: u16 = 1 << 13;
 const TIMER_MASK: u64 = 0xff_ffff;
 
@@ -63,6 +79,8 @@ pub struct AcpiPm {
     gpe0: [u8; 2 * GPE0_LEN as usize],
     smi_en: u32,
     warned: bool,
+    sci: Option<IrqLine>,
+    sci_level: bool,
 }
 
 impl AcpiPm {
@@ -85,6 +103,45 @@ impl AcpiPm {
             gpe0: [0; 2 * GPE0_LEN as usize],
             smi_en: 0,
             warned: false,
+            sci: None,
+            sci_level: false,
+        }
+    }
+
+    /// The same block driving `sci` (the SCI line, IRQ 9 on q35).
+    pub fn with_sci(mut self, sci: IrqLine) -> Self {
+        self.sci = Some(sci);
+        self
+    }
+
+    /// Presses the fixed-feature power button: PWRBTN_STS is latched and the SCI asserted if
+    /// the guest has set PWRBTN_EN (at once, or later when it sets it).
+    pub fn press_power_button(&mut self) {
+        self.pm1_sts |= PWRBTN_STS;
+        tracing::info!(
+            enabled = self.pm1_en & PWRBTN_EN != 0,
+            "ACPI power button pressed"
+        );
+        self.update_sci();
+    }
+
+    /// Whether the SCI is asserted now.
+    pub fn sci_asserted(&self) -> bool {
+        self.sci_level
+    }
+
+    /// Recomputes the SCI level from the status/enable pairs and tells the line on a change.
+    fn update_sci(&mut self) {
+        let gpe = (0..usize::from(GPE0_LEN))
+            .any(|i| self.gpe0[i] & self.gpe0[i + usize::from(GPE0_LEN)] != 0);
+        let level = self.pm1_sts & self.pm1_en & PM1_SCI_EVENTS != 0 || gpe;
+        if level == self.sci_level {
+            return;
+        }
+        self.sci_level = level;
+        tracing::debug!(level, "SCI");
+        if let Some(line) = self.sci.as_mut() {
+            line(level);
         }
     }
 
@@ -166,12 +223,20 @@ impl PioDevice for AcpiPm {
         v[..data.len()].copy_from_slice(data);
         let v = u32::from_le_bytes(v);
         match (offset, data.len()) {
-            (PM1_STS, 2) => self.pm1_sts &= !(v as u16),
-            (PM1_STS, 4) => {
-                self.pm1_sts &= !(v as u16);
-                self.pm1_en = (v >> 16) as u16;
+            // PM1 status (write 1 to clear) and enable, at any width within the pair.
+            (o, n) if o < PM1_CNT && o + n as u16 <= PM1_CNT => {
+                for (i, &b) in data.iter().enumerate() {
+                    let at = o + i as u16;
+                    let shift = 8 * (at & 1);
+                    let bits = u16::from(b) << shift;
+                    if at < PM1_EN {
+                        self.pm1_sts &= !bits;
+                    } else {
+                        self.pm1_en = (self.pm1_en & !(0xff << shift)) | bits;
+                    }
+                }
+                self.update_sci();
             }
-            (PM1_EN, 2) => self.pm1_en = v as u16,
             (PM1_CNT, 2 | 4) => self.write_pm1_cnt(v as u16),
             (SMI_EN, 4) => self.smi_en = v,
             (o, n) if o >= GPE0_STS && o + n as u16 <= GPE0_EN + GPE0_LEN => {
@@ -183,6 +248,7 @@ impl PioDevice for AcpiPm {
                         self.gpe0[at] = b;
                     }
                 }
+                self.update_sci();
             }
             _ => tracing::trace!(offset, len = data.len(), "PM block write ignored"),
         }

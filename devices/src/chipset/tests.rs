@@ -152,6 +152,64 @@ fn pm_status_registers_clear_on_write_one_and_bad_sizes_are_ignored() {
     pm.read(0x78, &mut big); // past the block's end reads zeros, no panic
 }
 
+/// A PM block at its base whose SCI line records every level change.
+fn pm_with_sci() -> (AcpiPm, Arc<Mutex<Vec<bool>>>) {
+    let (pm, decode, _, _) = pm_with_clock();
+    decode.set(Some(Q35_PM_BASE));
+    let levels = Arc::new(Mutex::new(Vec::new()));
+    let l2 = levels.clone();
+    let pm = pm.with_sci(Box::new(move |level| l2.lock().unwrap().push(level)));
+    (pm, levels)
+}
+
+#[test]
+fn power_button_raises_the_sci_once_enabled_and_clears_on_write_one() {
+    let (mut pm, levels) = pm_with_sci();
+    assert_eq!(PWRBTN_STS, 1 << 8);
+    // Enabled first (Linux's button driver sets PWRBTN_EN at boot), then pressed.
+    pm.write(0x02, &PWRBTN_EN.to_le_bytes());
+    assert_eq!(read32(&mut pm, 0x00), u32::from(PWRBTN_EN) << 16);
+    assert!(levels.lock().unwrap().is_empty(), "no event, no SCI");
+    pm.press_power_button();
+    assert_eq!(read32(&mut pm, 0x00) & 0xffff, u32::from(PWRBTN_STS));
+    assert_eq!(*levels.lock().unwrap(), [true]);
+    assert!(pm.sci_asserted());
+    // Writing 0 or another bit does not clear it; writing 1 to bit 8 does, releasing the SCI.
+    pm.write(0x00, &0x0001u16.to_le_bytes());
+    assert!(pm.sci_asserted());
+    pm.write(0x00, &PWRBTN_STS.to_le_bytes());
+    assert_eq!(read32(&mut pm, 0x00) & 0xffff, 0);
+    assert_eq!(*levels.lock().unwrap(), [true, false]);
+    // A byte-wide write to the status's high byte clears it too (ACPICA may use any width).
+    pm.press_power_button();
+    pm.write(0x01, &[0x01]);
+    assert!(!pm.sci_asserted());
+    assert_eq!(*levels.lock().unwrap(), [true, false, true, false]);
+}
+
+#[test]
+fn a_press_before_the_guest_listens_is_latched_and_raises_the_sci_on_enable() {
+    let (mut pm, levels) = pm_with_sci();
+    pm.press_power_button();
+    assert_eq!(read32(&mut pm, 0x00) & 0xffff, u32::from(PWRBTN_STS));
+    assert!(levels.lock().unwrap().is_empty(), "PWRBTN_EN clear: no SCI");
+    // A 32-bit write of the pair: clears nothing (status bits 0), sets the enable.
+    pm.write(0x00, &(u32::from(PWRBTN_EN) << 16).to_le_bytes());
+    assert_eq!(*levels.lock().unwrap(), [true]);
+    // Disabling the event releases the line while the status stays latched.
+    pm.write(0x02, &0u16.to_le_bytes());
+    assert_eq!(*levels.lock().unwrap(), [true, false]);
+    assert_eq!(read32(&mut pm, 0x00) & 0xffff, u32::from(PWRBTN_STS));
+    // Enabled again and then acknowledged: the line follows.
+    pm.write(0x02, &PWRBTN_EN.to_le_bytes());
+    pm.write(0x00, &PWRBTN_STS.to_le_bytes());
+    assert_eq!(*levels.lock().unwrap(), [true, false, true, false]);
+    // The guest cannot raise an event itself: writing 1s to the status only clears.
+    pm.write(0x00, &0xffffu16.to_le_bytes());
+    assert_eq!(read32(&mut pm, 0x00) & 0xffff, 0);
+    assert!(!pm.sci_asserted());
+}
+
 #[test]
 fn port_cf9_resets_and_cf8_still_addresses_config_space() {
     let stop = StopSignal::new().unwrap();

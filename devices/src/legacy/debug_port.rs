@@ -5,6 +5,19 @@
 use crate::bus::PioDevice;
 use std::time::Instant;
 
+/// The boot stage a debug-port code stands for, by Cloud Hypervisor's ranges: `firmware`
+/// (0x00-0x1f), `boot_loader` (0x20-0x3f), `kernel` (0x40-0x5f), `user_space` (0x60-0x7f);
+/// codes from 0x80 up belong to no stage.
+pub fn debug_code_stage(code: u8) -> Option<&'static str> {
+    match code {
+        0x00..=0x1f => Some("firmware"),
+        0x20..=0x3f => Some("boot_loader"),
+        0x40..=0x5f => Some("kernel"),
+        0x60..=0x7f => Some("user_space"),
+        _ => None,
+    }
+}
+
 /// Receives POST codes.
 pub type PostCodeSink = Box<dyn FnMut(u8, Instant) + Send>;
 
@@ -51,5 +64,23 @@ mod tests {
         let mut r = [0u8];
         port.read(0, &mut r);
         assert_eq!(r[0], 0x60);
+    }
+
+    #[test]
+    fn codes_map_to_their_stage_at_every_range_edge() {
+        for (code, stage) in [
+            (0x00, Some("firmware")),
+            (0x1f, Some("firmware")),
+            (0x20, Some("boot_loader")),
+            (0x3f, Some("boot_loader")),
+            (0x40, Some("kernel")),
+            (0x5f, Some("kernel")),
+            (0x60, Some("user_space")),
+            (0x7f, Some("user_space")),
+            (0x80, None),
+            (0xff, None),
+        ] {
+            assert_eq!(debug_code_stage(code), stage, "{code:#04x}");
+        }
     }
 }

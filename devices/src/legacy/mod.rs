@@ -1,11 +1,13 @@
 //! Legacy PC devices: 8250 UART, i8042 (reset), CMOS RTC, POST/debug port 0x80, the ACPI
-//! sleep/reset registers cvmm's FADT points at, system control port A (0x92) and the pvpanic
+//! sleep/reset registers cvmm's FADT points at, the event register of the Generic Event
+//! Device (the hardware-reduced power button), system control port A (0x92) and the pvpanic
 //! port.
 //!
 //! Devices that end the VM report a [`GuestStop`] through a shared [`StopSignal`].
 
 mod cmos;
 mod debug_port;
+mod ged;
 mod i8042;
 mod port92;
 mod power;
@@ -13,7 +15,8 @@ mod pvpanic;
 mod serial;
 
 pub use cmos::CmosRtc;
-pub use debug_port::DebugPort;
+pub use debug_port::{debug_code_stage, DebugPort};
+pub use ged::{GenericEventDevice, GED_EVENT_POWER_BUTTON, GED_PORT_LEN};
 pub use i8042::I8042;
 pub use port92::SystemControlA;
 pub use power::{AcpiPowerPorts, ACPI_RESET_VALUE, ACPI_S5_SLP_TYP};
