@@ -1,22 +1,26 @@
 //! Per-thread seccomp filters of cvmm, one declarative list per thread kind (main event loop,
-//! vCPU, network worker, 9p worker, thread spawner, control socket, TDX quote worker), compiled
-//! with seccompiler and installed by each thread right before it touches guest data.
+//! vCPU, network worker, 9p worker, thread spawner, control socket, TDX quote worker, and the
+//! manager's server threads), compiled with seccompiler and installed by each thread right
+//! before it touches guest data (or, in the manager, client requests).
 //!
 //! Filters stack: a thread inherits the filter of the thread that creates it. Device workers
 //! are started while the guest runs, so they are created by a dedicated spawner thread (started
 //! before any filter) whose filter is the union of its children's lists; each child then
 //! narrows itself to its own list. vCPU threads never create threads themselves: a TD's GetQuote
-//! worker is started by the spawner too.
+//! worker is started by the spawner too. The manager's threads are filtered too; the VM
+//! processes it starts are forked by an unfiltered launcher thread ([`run_unfiltered`]).
 //!
 //! The mode is process-wide ([`set_mode`]); until it is set nothing is filtered (unit tests of
 //! other crates spawn workers freely). `CVMM_SECCOMP_SELFTEST=<kind>` makes the thread of that
 //! kind issue a forbidden syscall right after installing its filter (for the tests that check
 //! each filter kills the process).
 
+mod launcher;
 mod lists;
 mod sigsys;
 mod spawner;
 
+pub use launcher::run_unfiltered;
 pub use lists::{allowed, Cond};
 pub use spawner::spawn;
 
@@ -42,11 +46,15 @@ pub enum ThreadKind {
     /// A TDX GetQuote worker: one client connection to the host's Quote Generation Service,
     /// the guest buffer by copies, and `KVM_SIGNAL_MSI` for the completion interrupt.
     Quote,
+    /// A thread of `cvmm manager`: the gRPC and HTTP servers (tokio workers and blocking
+    /// threads), VM supervision through pidfds, and the state directory. VM processes are
+    /// forked by the unfiltered launcher thread instead.
+    Manager,
 }
 
 impl ThreadKind {
     /// Every kind, for tests and docs.
-    pub const ALL: [ThreadKind; 7] = [
+    pub const ALL: [ThreadKind; 8] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Net,
@@ -54,6 +62,7 @@ impl ThreadKind {
         ThreadKind::Spawner,
         ThreadKind::Control,
         ThreadKind::Quote,
+        ThreadKind::Manager,
     ];
 
     /// The name used in logs and by `CVMM_SECCOMP_SELFTEST`.
@@ -66,6 +75,7 @@ impl ThreadKind {
             ThreadKind::Spawner => "spawner",
             ThreadKind::Control => "control",
             ThreadKind::Quote => "quote",
+            ThreadKind::Manager => "manager",
         }
     }
 }
@@ -122,6 +132,24 @@ fn encode(m: Mode) -> u8 {
 /// Sets the process-wide mode once, early (before any thread that must be filtered starts);
 /// with log or kill it also starts the worker spawner.
 pub fn set_mode(m: Mode) -> Result<(), SeccompError> {
+    set_mode_only(m)?;
+    if m != Mode::Off {
+        spawner::start()?;
+    }
+    Ok(())
+}
+
+/// [`set_mode`] for `cvmm manager`: with log or kill it starts the launcher that forks VM
+/// processes outside the filters instead of the worker spawner.
+pub fn set_manager_mode(m: Mode) -> Result<(), SeccompError> {
+    set_mode_only(m)?;
+    if m != Mode::Off {
+        launcher::start()?;
+    }
+    Ok(())
+}
+
+fn set_mode_only(m: Mode) -> Result<(), SeccompError> {
     MODE.store(encode(m), Ordering::SeqCst);
     if m != Mode::Off {
         // glibc shrinks a thread's malloc heap when its top exceeds the trim threshold and
@@ -132,9 +160,6 @@ pub fn set_mode(m: Mode) -> Result<(), SeccompError> {
     }
     if m == Mode::Kill {
         sigsys::install_reporter()?;
-    }
-    if m != Mode::Off {
-        spawner::start()?;
     }
     Ok(())
 }

@@ -218,6 +218,89 @@ const CONTROL: &[i64] = &[
     libc::SYS_fcntl,
 ];
 
+/// The manager: tokio's event loop and threads, the gRPC/HTTP servers and their clients (TLS,
+/// OTLP export), held forward ports, the state directory (records, specs, VARS copies, removal
+/// of whole VM directories) and VM supervision (pidfds, waitid, signals). No execve: VM
+/// processes are forked by the unfiltered launcher thread.
+const MANAGER: &[i64] = &[
+    libc::SYS_epoll_create1,
+    libc::SYS_eventfd2,
+    libc::SYS_pipe2,
+    libc::SYS_socket,
+    libc::SYS_socketpair,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_shutdown,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_recvmmsg,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_sendmmsg,
+    libc::SYS_openat,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_statx,
+    libc::SYS_statfs,
+    libc::SYS_fstatfs,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_lseek,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_readv,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_ftruncate,
+    libc::SYS_fallocate,
+    libc::SYS_fcntl,
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_getdents64,
+    // std on x86_64 calls the path-based forms (mkdir, rename, unlink, ...) as well as the
+    // *at ones (remove_dir_all).
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_rmdir,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_chmod,
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    libc::SYS_access,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_getcwd,
+    libc::SYS_copy_file_range,
+    libc::SYS_sendfile,
+    libc::SYS_uname,
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
+    libc::SYS_prlimit64,
+    libc::SYS_sched_setaffinity,
+    libc::SYS_set_tid_address,
+    libc::SYS_rt_sigaction,
+    libc::SYS_pidfd_open,
+    libc::SYS_pidfd_send_signal,
+    libc::SYS_waitid,
+    libc::SYS_wait4,
+    libc::SYS_membarrier,
+];
+
 /// Starting threads: what `std::thread::spawn` does in the parent, and what each new thread
 /// does to install its own filter (which it inherits from the spawner's).
 const SPAWN: &[i64] = &[libc::SYS_clone, libc::SYS_clone3, libc::SYS_seccomp];
@@ -288,6 +371,27 @@ pub fn allowed(kind: ThreadKind) -> BTreeMap<i64, Vec<Cond>> {
             add(&mut m, QUOTE);
             // KVM_SIGNAL_MSI: the completion interrupt the guest registered.
             add_cond(&mut m, libc::SYS_ioctl, Cond::IoctlKvm);
+        }
+        ThreadKind::Manager => {
+            add(&mut m, POLLING);
+            add(&mut m, MANAGER);
+            add(&mut m, SPAWN);
+            add_cond(
+                &mut m,
+                libc::SYS_prctl,
+                Cond::Arg0In(&[PR_SET_NO_NEW_PRIVS]),
+            );
+            add_cond(
+                &mut m,
+                libc::SYS_ioctl,
+                Cond::IoctlIn(&[FIONBIO, FIONREAD, TCGETS, TIOCGWINSZ]),
+            );
+            // Stopping its VMs (SIGTERM, then SIGKILL) and checking a recorded pid (signal 0).
+            add_cond(
+                &mut m,
+                libc::SYS_kill,
+                Cond::Arg1In(&[0, libc::SIGTERM as u64, libc::SIGKILL as u64]),
+            );
         }
         ThreadKind::Spawner => {
             // The union of the children it starts, plus thread creation.

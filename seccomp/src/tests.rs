@@ -3,6 +3,7 @@
 //! parent; the child only calls prctl/seccomp and the probe syscalls (fork-safe).
 
 use super::*;
+use std::os::unix::ffi::OsStringExt;
 
 /// Runs `probe` in a child under `kind`'s filter; returns the child's wait status.
 fn in_filtered_child(kind: ThreadKind, mode: Mode, probe: impl FnOnce()) -> i32 {
@@ -43,6 +44,7 @@ fn forbidden_for(kind: ThreadKind) -> i64 {
         ThreadKind::Spawner => libc::SYS_execve,
         ThreadKind::Control => libc::SYS_socket, // it only serves its bound socket
         ThreadKind::Quote => libc::SYS_bind,     // a client only
+        ThreadKind::Manager => libc::SYS_execve, // VMs are forked by the launcher
     }
 }
 
@@ -111,6 +113,73 @@ fn the_spawner_holds_the_union_of_its_children() {
     }
     assert!(spawner.contains_key(&libc::SYS_clone3));
     assert!(!allowed(ThreadKind::Vcpu).contains_key(&libc::SYS_clone3));
+}
+
+#[test]
+fn the_manager_may_stop_its_vms_but_not_debug_or_remount_anything() {
+    let signal = |sig: i32| {
+        in_filtered_child(ThreadKind::Manager, Mode::Kill, move || {
+            // SAFETY: kill of a pid that cannot exist fails with ESRCH once allowed.
+            unsafe { libc::syscall(libc::SYS_kill, i32::MAX, sig) };
+        })
+    };
+    for sig in [0, libc::SIGTERM, libc::SIGKILL] {
+        assert!(exited_ok(signal(sig)), "signal {sig} allowed");
+    }
+    assert!(killed_by_sigsys(signal(libc::SIGSTOP)), "SIGSTOP refused");
+    for nr in [
+        libc::SYS_ptrace,
+        libc::SYS_mount,
+        libc::SYS_setns,
+        libc::SYS_bpf,
+    ] {
+        let st = in_filtered_child(ThreadKind::Manager, Mode::Kill, || {
+            // SAFETY: refused before it runs.
+            unsafe { libc::syscall(nr, 0, 0, 0) };
+        });
+        assert!(killed_by_sigsys(st), "syscall {nr}: status {st:#x}");
+    }
+}
+
+#[test]
+fn the_manager_may_manage_its_state_directory() {
+    // What std::fs does for a VM directory on x86_64: mkdir, create and write a file, rename
+    // it over another, chmod, stat, unlink, rmdir (through glibc, as the manager does).
+    let dir = std::env::temp_dir().join(format!("cvmm-seccomp-mgr-fs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let c = |p: std::path::PathBuf| std::ffi::CString::new(p.into_os_string().into_vec()).unwrap();
+    let (d, tmp, rec) = (
+        c(dir.clone()),
+        c(dir.join("vm.json.tmp")),
+        c(dir.join("vm.json")),
+    );
+    let st = in_filtered_child(ThreadKind::Manager, Mode::Kill, || {
+        // SAFETY: libc calls with valid C strings prepared before the fork; the child _exit()s.
+        unsafe {
+            let ok = libc::mkdir(d.as_ptr(), 0o700) == 0
+                && {
+                    let fd = libc::open(
+                        tmp.as_ptr(),
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                        0o600,
+                    );
+                    fd >= 0
+                        && libc::write(fd, b"{}".as_ptr().cast(), 2) == 2
+                        && libc::fsync(fd) == 0
+                        && libc::close(fd) == 0
+                }
+                && libc::rename(tmp.as_ptr(), rec.as_ptr()) == 0
+                && libc::chmod(rec.as_ptr(), 0o600) == 0
+                && libc::access(rec.as_ptr(), libc::R_OK) == 0
+                && libc::unlink(rec.as_ptr()) == 0
+                && libc::rmdir(d.as_ptr()) == 0;
+            if !ok {
+                libc::_exit(4);
+            }
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(exited_ok(st), "status {st:#x}");
 }
 
 #[test]
