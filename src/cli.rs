@@ -595,9 +595,22 @@ fn manager() -> ExitCode {
             return ExitCode::from(EXIT_INPUT);
         }
     };
+    // The launcher thread that forks VM processes starts before any filter; every other
+    // thread of the manager (this one, tokio's workers and blocking threads) runs filtered.
+    if let Err(e) = seccomp::set_manager_mode(config.seccomp) {
+        eprintln!("cvmm: VMM failure: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        .on_thread_start(|| {
+            if let Err(e) = seccomp::install(seccomp::ThreadKind::Manager) {
+                // Never serve clients unfiltered.
+                eprintln!("cvmm: VMM failure: {e}");
+                std::process::abort();
+            }
+        })
         .build()
     {
         Ok(rt) => rt,
@@ -606,6 +619,10 @@ fn manager() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    if let Err(e) = seccomp::install(seccomp::ThreadKind::Manager) {
+        eprintln!("cvmm: VMM failure: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     let result = rt.block_on(async {
         let shutdown = async {
             let mut term =

@@ -1,6 +1,9 @@
 //! Tier B: `cvmm manager` running real VM processes (`cvmm vm`) with the probe guest. A gRPC
 //! client creates a VM, the probe boots in its own process, RemoveVm stops it and nothing is
-//! left behind; a VM killed from outside is noticed and cleaned up.
+//! left behind; a VM killed from outside or powered off by its guest is noticed and cleaned up
+//! within a second; the VM cap holds and ten concurrent creates get ten answering ports; a
+//! manager killed with SIGKILL and restarted re-adopts its VMs (and their TTLs) and nothing
+//! else.
 
 mod common;
 
@@ -40,6 +43,14 @@ async fn create_with_ttl(
     c: &mut ManagerServiceClient<tonic::transport::Channel>,
     ttl: &str,
 ) -> String {
+    create_vm_with_ttl(c, ttl).await.cvm_id
+}
+
+/// CreateVm with only a TTL set; returns the response.
+async fn create_vm_with_ttl(
+    c: &mut ManagerServiceClient<tonic::transport::Channel>,
+    ttl: &str,
+) -> api::pb::CreateRes {
     c.create_vm(CreateReq {
         ttl: ttl.into(),
         ..Default::default()
@@ -47,7 +58,6 @@ async fn create_with_ttl(
     .await
     .unwrap()
     .into_inner()
-    .cvm_id
 }
 
 impl Drop for Manager {
@@ -216,21 +226,76 @@ fn a_vm_killed_from_outside_is_noticed_and_cleaned_up() {
     });
 }
 
+/// Waits until the process behind `pidfd` has exited (it need not be our child).
+fn wait_exit(pidfd: &std::os::fd::OwnedFd, limit: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, limit.as_millis() as i32) == 1 }
+}
+
 #[test]
-fn a_vm_whose_guest_powers_off_is_reaped() {
+fn a_vm_whose_guest_powers_off_is_released_within_a_second() {
     if !kvm_available("tier B manager") {
         return;
     }
-    let m = start_manager(&[("MANAGER_QEMU_KERNEL_CMDLINE", "probe.exit=poweroff".into())]);
+    // The guest answers one request on its forwarded port, then powers off.
+    let m = start_manager(&[(
+        "MANAGER_QEMU_KERNEL_CMDLINE",
+        "probe.net=dhcp probe.serve=1 probe.exit=poweroff".into(),
+    )]);
     rt().block_on(async {
         let mut c = m.client().await;
-        let id = create_with_ttl(&mut c, "10m").await;
+        let res = create_vm_with_ttl(&mut c, "10m").await;
+        let (id, port) = (res.cvm_id, res.forwarded_port.parse::<u16>().unwrap());
+        let pid = vm_pid(&m.state, &id);
+        // A pidfd of our own turns readable the moment the VM process exits, whoever reaps it.
+        let pidfd = api::process::pidfd_open(pid).expect("the VM process runs until it is asked");
+        let answer = get_over_port(port, "ECHO bye\n", Duration::from_secs(60));
+        // The guest powers off right after this answer: the power-off time is bounded by it.
+        let answered = Instant::now();
+        assert_eq!(answer.as_deref(), Some("bye\n"));
         assert!(
-            wait_for(Duration::from_secs(30), || !m.state.join(&id).exists()),
-            "powered-off VM not reaped"
+            wait_exit(&pidfd, Duration::from_secs(10)),
+            "the VM process did not exit after its guest powered off"
+        );
+        let exited = Instant::now();
+        let released = || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+                && !m.state.join(&id).exists()
+                && TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && metric(m.http, "manager_vms_running") == Some(0.0)
+        };
+        let mut polls = 0;
+        while !released() && exited.elapsed() < Duration::from_secs(5) {
+            polls += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let (from_exit, from_answer) = (exited.elapsed(), answered.elapsed());
+        println!(
+            "guest power-off: released {:.1} ms after the VM process exited, {:.1} ms after the guest's last answer ({polls} polls)",
+            from_exit.as_secs_f64() * 1000.0,
+            from_answer.as_secs_f64() * 1000.0
+        );
+        assert!(released(), "not released: process, state, port or metric left");
+        assert!(
+            from_exit < Duration::from_secs(1),
+            "released {from_exit:?} after the VM process exited"
+        );
+        assert!(
+            from_answer < Duration::from_secs(1),
+            "released {from_answer:?} after the guest's last answer"
         );
         let exits = metric(m.http, "manager_vm_exits_total").unwrap_or(0.0);
         assert!(exits >= 1.0, "exit counted: {exits}");
+        // The entry of an exited VM stays until RemoveVm, which succeeds once.
+        c.remove_vm(RemoveReq { cvm_id: id.clone() }).await.unwrap();
+        let e = c.remove_vm(RemoveReq { cvm_id: id }).await.unwrap_err();
+        assert_eq!(e.message(), "entity not found");
     });
 }
 
@@ -298,7 +363,7 @@ fn max_vms_bad_fields_and_concurrent_creates() {
     }
     let m = start_manager(&[
         ("MANAGER_QEMU_KERNEL_CMDLINE", "probe.exit=halt".into()),
-        ("MANAGER_MAX_VMS", "3".into()),
+        ("MANAGER_MAX_VMS", "2".into()),
     ]);
     rt().block_on(async {
         let c = m.client().await;
@@ -318,8 +383,13 @@ fn max_vms_bad_fields_and_concurrent_creates() {
             },
         ] {
             let e = c.clone().create_vm(bad).await.unwrap_err();
-            assert!(!e.message().is_empty());
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+            assert!(
+                e.message().starts_with("time: ") || e.message().contains("field agent_"),
+                "{e:?}"
+            );
         }
+        assert_eq!(metric(m.http, "manager_vms_running"), Some(0.0));
         assert_eq!(
             std::fs::read_dir(&m.state)
                 .unwrap()
@@ -327,9 +397,9 @@ fn max_vms_bad_fields_and_concurrent_creates() {
                 .count(),
             0
         );
-        // Three concurrent creates all succeed with distinct ports; the fourth hits the cap.
+        // Two concurrent creates both succeed with distinct ports; the third hits the cap.
         let mut tasks = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..2 {
             let mut c = c.clone();
             tasks.push(tokio::spawn(async move {
                 c.create_vm(CreateReq {
@@ -348,7 +418,7 @@ fn max_vms_bad_fields_and_concurrent_creates() {
         }
         ports.sort();
         ports.dedup();
-        assert_eq!(ports.len(), 3, "distinct ports");
+        assert_eq!(ports.len(), 2, "distinct ports");
         let e = c
             .clone()
             .create_vm(CreateReq {
@@ -357,11 +427,11 @@ fn max_vms_bad_fields_and_concurrent_creates() {
             })
             .await
             .unwrap_err();
-        assert!(
-            e.message().contains("maximum number of VMs exceeded"),
-            "{}",
-            e.message()
+        assert_eq!(
+            (e.code(), e.message()),
+            (tonic::Code::Unknown, "maximum number of VMs exceeded")
         );
+        assert_eq!(metric(m.http, "manager_vms_running"), Some(2.0));
         let pids: Vec<i32> = ids.iter().map(|id| vm_pid(&m.state, id)).collect();
         for id in ids {
             c.clone().remove_vm(RemoveReq { cvm_id: id }).await.unwrap();
@@ -370,6 +440,101 @@ fn max_vms_bad_fields_and_concurrent_creates() {
             assert!(wait_for(Duration::from_secs(10), || !pid_alive(pid)));
         }
     });
+}
+
+#[test]
+fn ten_concurrent_creates_with_max_ten_all_answer_on_distinct_ports() {
+    if !kvm_available("tier B manager") {
+        return;
+    }
+    let m = start_manager(&[
+        (
+            "MANAGER_QEMU_KERNEL_CMDLINE",
+            "probe.net=dhcp probe.exit=halt".into(),
+        ),
+        ("MANAGER_MAX_VMS", "10".into()),
+    ]);
+    rt().block_on(async {
+        let c = m.client().await;
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let mut c = c.clone();
+                tokio::spawn(async move {
+                    c.create_vm(CreateReq {
+                        ttl: "5m".into(),
+                        ..Default::default()
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut vms = Vec::new();
+        for t in tasks {
+            let r = t.await.unwrap().expect("CreateVm").into_inner();
+            vms.push((r.cvm_id, r.forwarded_port.parse::<u16>().unwrap()));
+        }
+        let mut ports: Vec<u16> = vms.iter().map(|v| v.1).collect();
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), 10, "distinct ports: {vms:?}");
+        assert_eq!(metric(m.http, "manager_vms_running"), Some(10.0));
+        // Each port reaches its own VM: the guest reads back its env share, naming its id.
+        let answers: Vec<_> = vms
+            .iter()
+            .map(|(id, port)| {
+                let (id, port) = (id.clone(), *port);
+                tokio::task::spawn_blocking(move || {
+                    let got =
+                        get_over_port(port, "GET env_share/environment\n", Duration::from_secs(60));
+                    (id, port, got)
+                })
+            })
+            .collect();
+        for a in answers {
+            let (id, port, got) = a.await.unwrap();
+            let env = got.unwrap_or_else(|| panic!("VM {id} did not answer on {port}"));
+            assert!(
+                env.lines().any(|l| l == format!("AGENT_CVM_ID={id}")),
+                "port {port} reached another VM than {id}: {env}"
+            );
+        }
+        let pids: Vec<i32> = vms.iter().map(|(id, _)| vm_pid(&m.state, id)).collect();
+        for (id, _) in &vms {
+            c.clone()
+                .remove_vm(RemoveReq { cvm_id: id.clone() })
+                .await
+                .unwrap();
+        }
+        for pid in pids {
+            assert!(wait_for(Duration::from_secs(10), || !pid_alive(pid)));
+        }
+        for (id, port) in &vms {
+            assert!(!m.state.join(id).exists(), "state of {id} left");
+            assert!(
+                TcpListener::bind(("127.0.0.1", *port)).is_ok(),
+                "port {port} not released"
+            );
+        }
+        assert_eq!(metric(m.http, "manager_vms_running"), Some(0.0));
+    });
+}
+
+/// Writes a VM directory whose record points at `pid` (with its real start time), as a record
+/// left by an earlier manager whose VM's pid now belongs to another process would.
+fn write_foreign_record(state: &Path, pid: i32) -> String {
+    // Any uuid-shaped name: the manager only looks at those.
+    let id = format!("{pid:08x}-0000-4000-8000-{:012x}", free_port());
+    let dir = state.join(&id);
+    std::fs::create_dir(&dir).unwrap();
+    let rec = serde_json::json!({
+        "id": id,
+        "pid": pid,
+        "start_time": api::process::start_time(pid).unwrap(),
+        "port": 1,
+        "ttl_deadline_ms": null,
+    });
+    std::fs::write(dir.join("vm.json"), rec.to_string()).unwrap();
+    id
 }
 
 #[test]
@@ -384,43 +549,108 @@ fn a_restarted_manager_re_adopts_running_vms() {
     let mut m = start_manager(&extra);
     let (grpc, http, state) = (m.grpc, m.http, m.state.clone());
     let fwd = free_port();
-    let r = rt().block_on(async {
+    const SHORT_TTL: Duration = Duration::from_secs(12);
+    let (long, short, short_deadline) = rt().block_on(async {
         let mut c = ManagerServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
             .await
             .unwrap();
-        c.create_vm(CreateReq {
-            ttl: "5m".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
+        let long = create_vm_with_ttl(&mut c, "5m").await;
+        let short = create_vm_with_ttl(&mut c, &format!("{}s", SHORT_TTL.as_secs())).await;
+        (long, short, Instant::now() + SHORT_TTL)
     });
-    let pid = vm_pid(&state, &r.cvm_id);
-    // kill -9 the manager: the VM keeps running.
+    let (long_pid, short_pid) = (vm_pid(&state, &long.cvm_id), vm_pid(&state, &short.cvm_id));
+    let long_port: u16 = long.forwarded_port.parse().unwrap();
+    let short_port: u16 = short.forwarded_port.parse().unwrap();
+    // kill -9 the manager: the VMs keep running.
     m.child.kill().unwrap();
     m.child.wait().unwrap();
     std::mem::forget(m); // keep the state directory for the next manager
-    assert!(pid_alive(pid));
-    let port: u16 = r.forwarded_port.parse().unwrap();
-    assert!(
-        get_over_port(port, "ECHO still here\n", Duration::from_secs(60))
-            .is_some_and(|s| s == "still here\n")
-    );
+    assert!(pid_alive(long_pid) && pid_alive(short_pid));
+    // A record whose pid belongs to a live process that is not a VM (pid reuse): the next
+    // manager must neither adopt nor kill it.
+    let mut foreign = Command::new("sleep").arg("60").spawn().unwrap();
+    let foreign_id = write_foreign_record(&state, foreign.id() as i32);
+
     let m2 = start_manager_in(state.clone(), grpc, http, fwd, &extra);
+    assert!(
+        Instant::now() + Duration::from_secs(2) < short_deadline,
+        "the restart took too long for the TTL check"
+    );
+    assert_eq!(metric(m2.http, "manager_vms_running"), Some(2.0));
+    // After the new manager is up, both VMs still answer on their ports.
+    for port in [long_port, short_port] {
+        assert_eq!(
+            get_over_port(port, "ECHO still here\n", Duration::from_secs(30)).as_deref(),
+            Some("still here\n"),
+            "VM on port {port} does not answer after the restart"
+        );
+    }
+    assert_eq!(
+        foreign.try_wait().unwrap(),
+        None,
+        "the foreign process was killed"
+    );
+    assert!(
+        !state.join(&foreign_id).exists(),
+        "the foreign record was not dropped"
+    );
     rt().block_on(async {
         let mut c = m2.client().await;
+        let e = c
+            .remove_vm(RemoveReq {
+                cvm_id: foreign_id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.message(),
+            "entity not found",
+            "the foreign record was adopted"
+        );
         c.remove_vm(RemoveReq {
-            cvm_id: r.cvm_id.clone(),
+            cvm_id: long.cvm_id.clone(),
         })
         .await
         .unwrap();
     });
     assert!(
-        wait_for(Duration::from_secs(10), || !pid_alive(pid)),
+        wait_for(Duration::from_secs(10), || !pid_alive(long_pid)),
         "re-adopted VM not stopped"
     );
-    assert!(!state.join(&r.cvm_id).exists());
+    assert!(!state.join(&long.cvm_id).exists());
+    assert!(TcpListener::bind(("127.0.0.1", long_port)).is_ok());
+    // The short TTL was re-armed: its VM goes when the TTL recorded at CreateVm ends.
+    assert!(
+        wait_for(Duration::from_secs(30), || !pid_alive(short_pid)
+            && !state.join(&short.cvm_id).exists()),
+        "the re-adopted VM's TTL did not remove it"
+    );
+    let gone = Instant::now();
+    assert!(
+        gone + Duration::from_millis(100) >= short_deadline,
+        "removed {:?} before its TTL ended",
+        short_deadline - gone
+    );
+    assert!(
+        gone < short_deadline + Duration::from_secs(5),
+        "removed {:?} after its TTL ended",
+        gone - short_deadline
+    );
+    assert!(TcpListener::bind(("127.0.0.1", short_port)).is_ok());
+    rt().block_on(async {
+        let e = m2
+            .client()
+            .await
+            .remove_vm(RemoveReq {
+                cvm_id: short.cvm_id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.message(), "entity not found");
+    });
+    assert_eq!(metric(m2.http, "manager_vms_running"), Some(0.0));
+    foreign.kill().unwrap();
+    foreign.wait().unwrap();
 }
 
 #[test]
@@ -455,5 +685,32 @@ fn the_control_socket_reports_the_vm_and_stops_it() {
             wait_for(Duration::from_secs(10), || !m.state.join(&id).exists()),
             "state of the stopped VM left behind"
         );
+    });
+}
+
+#[test]
+fn boot_phases_are_reported_while_the_vm_runs() {
+    if !kvm_available("tier B manager") {
+        return;
+    }
+    let m = start_manager(&[("MANAGER_QEMU_KERNEL_CMDLINE", "probe.exit=halt".into())]);
+    rt().block_on(async {
+        let mut c = m.client().await;
+        let id = create_with_ttl(&mut c, "").await;
+        assert!(m.wait_ready(&id), "the probe booted");
+        // The probe's ready code (0x60, user space) is on the debug port: the manager's boot
+        // watcher sees the guest up through the control socket and fills the histograms
+        // while the VM still runs, not only when it exits.
+        let count = "manager_vm_boot_phase_seconds_count{phase=\"vcpus_created\"}";
+        assert!(
+            wait_for(Duration::from_secs(10), || metric(m.http, count)
+                == Some(1.0)),
+            "{count} = {:?}",
+            metric(m.http, count)
+        );
+        assert!(pid_alive(vm_pid(&m.state, &id)), "the VM is still running");
+        c.remove_vm(RemoveReq { cvm_id: id }).await.unwrap();
+        // Reported once per VM: the exit does not count the phases again.
+        assert_eq!(metric(m.http, count), Some(1.0));
     });
 }

@@ -2,8 +2,11 @@
 //! `CVMM_SOAK_CYCLES`; the full soak is 1000) must leave the
 //! manager with no more open fds or threads than before, no child processes, every forwarded
 //! port bindable and no VM files in the state directory. A second run measures CreateVm latency
-//! (call to response) and CreateVm to the forwarded port answering `ECHO x`, for 1 and 10
-//! concurrent calls; the numbers are printed (`--nocapture`), not asserted.
+//! (call to response), CreateVm to the VM process running (its control socket reports the
+//! first KVM_RUN) and CreateVm to the forwarded port answering `ECHO x`, for 1 and 10
+//! concurrent calls, and, in the same run, QEMU's own start on the same probe guest (microvm to
+//! the ready line; q35 with a slirp host forward to the port answering). The numbers are
+//! printed (`--nocapture`), not asserted.
 
 mod common;
 
@@ -264,11 +267,62 @@ async fn echo_answers(port: u16, limit: Duration) -> bool {
     false
 }
 
-/// (CreateVm latency, CreateVm to answering port) of one VM, which is then removed.
-async fn timed_vm(mut c: ManagerServiceClient<Channel>) -> (Duration, Duration) {
+/// Polls the VM's control socket (every millisecond) until it reports its first KVM_RUN.
+fn wait_vm_running(sock: &Path, limit: Duration) -> bool {
+    wait_for_every(Duration::from_millis(1), limit, || {
+        vmm::control::status(sock).is_ok_and(|st| {
+            st.phases
+                .iter()
+                .any(|p| p.phase.starts_with("first_kvm_run"))
+        })
+    })
+}
+
+fn wait_for_every(step: Duration, limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(step);
+    }
+    cond()
+}
+
+/// One VM's timings from the CreateVm call: response, VM process running, the guest ready
+/// (its `cvmm-probe: ready` console line, as QEMU's is timed) and its network up (`net
+/// ready`), both watched while the port is polled, port answering.
+struct VmTimes {
+    created: Duration,
+    running: Duration,
+    guest_ready: Duration,
+    net_ready: Duration,
+    answered: Duration,
+}
+
+/// Times one VM (see [`VmTimes`]), which is then removed.
+async fn timed_vm(mut c: ManagerServiceClient<Channel>, state: PathBuf) -> VmTimes {
     let t0 = Instant::now();
     let res = c.create_vm(req()).await.unwrap().into_inner();
     let created = t0.elapsed();
+    let sock = state.join(&res.cvm_id).join("control.sock");
+    let ok = tokio::task::spawn_blocking(move || wait_vm_running(&sock, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(ok, "VM {} never reported its first KVM_RUN", res.cvm_id);
+    let running = t0.elapsed();
+    let console = state.join(&res.cvm_id).join("console.log");
+    let console_times = tokio::task::spawn_blocking(move || {
+        let mut ready = None;
+        let up = wait_for_every(Duration::from_millis(2), Duration::from_secs(60), || {
+            let text = std::fs::read_to_string(&console).unwrap_or_default();
+            if ready.is_none() && text.contains("cvmm-probe: ready") {
+                ready = Some(t0.elapsed());
+            }
+            text.contains("net ready")
+        });
+        Some((ready?, up.then(|| t0.elapsed())?))
+    });
     let port: u16 = res.forwarded_port.parse().unwrap();
     assert!(
         echo_answers(port, Duration::from_secs(60)).await,
@@ -276,8 +330,18 @@ async fn timed_vm(mut c: ManagerServiceClient<Channel>) -> (Duration, Duration) 
         res.cvm_id
     );
     let answered = t0.elapsed();
+    let (guest_ready, net_ready) = console_times
+        .await
+        .unwrap()
+        .expect("the guest became ready and its network came up");
     c.remove_vm(RemoveReq { cvm_id: res.cvm_id }).await.unwrap();
-    (created, answered)
+    VmTimes {
+        created,
+        running,
+        guest_ready,
+        net_ready,
+        answered,
+    }
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
@@ -285,7 +349,8 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[rank - 1]
 }
 
-fn report(what: &str, mut v: Vec<Duration>) {
+/// Prints p50/p99/max of `v`; returns the p50 in milliseconds.
+fn report(what: &str, mut v: Vec<Duration>) -> f64 {
     v.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
@@ -295,6 +360,66 @@ fn report(what: &str, mut v: Vec<Duration>) {
         ms(percentile(&v, 99)),
         ms(v[v.len() - 1])
     );
+    ms(percentile(&v, 50))
+}
+
+/// QEMU on the probe guest: start to the `cvmm-probe: ready` line (microvm, as
+/// `benches/boot_latency.rs` runs it).
+fn qemu_ready_once() -> Option<Duration> {
+    use std::io::{BufRead, BufReader};
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-enable-kvm", "-machine", "microvm"])
+        .args(["-cpu", "host,-arch-capabilities", "-m", "128M", "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-nographic"])
+        .args(["-serial", "stdio", "-kernel"])
+        .arg(probe("pvh"))
+        .args(["-append", "probe.exit=poweroff"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let out = child.stdout.take()?;
+    let ready = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("cvmm-probe: ready"))
+        .map(|_| start.elapsed());
+    let _ = child.kill();
+    let _ = child.wait();
+    ready
+}
+
+/// QEMU on the probe guest with a slirp host forward (q35, virtio-net-pci, as
+/// `benches/net_throughput.rs` runs it): start to the forwarded port answering `ECHO x`.
+async fn qemu_port_answering_once() -> Option<Duration> {
+    let port = free_port();
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-enable-kvm", "-machine", "q35"])
+        .args(["-cpu", "host,-arch-capabilities", "-m", "128M", "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-nographic"])
+        .args(["-serial", "null", "-kernel"])
+        .arg(probe("pvh"))
+        .args(["-append", "probe.net=dhcp probe.exit=halt"])
+        .arg("-netdev")
+        .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:7002"))
+        .args([
+            "-device",
+            "virtio-net-pci,netdev=n0,disable-legacy=on,romfile=",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let answered = echo_answers(port, Duration::from_secs(60))
+        .await
+        .then(|| start.elapsed());
+    let _ = child.kill();
+    let _ = child.wait();
+    answered
 }
 
 #[test]
@@ -305,12 +430,16 @@ fn create_latency_and_time_to_answering_port() {
     let m = start_manager("probe.net=dhcp probe.exit=halt");
     let rt = rt();
     let c = rt.block_on(client(&m));
+    // Warm-up: first exec of the VM program, page cache, the client connection.
+    rt.block_on(timed_vm(c.clone(), m.state.clone()));
+    let (mut answered_p50, mut ready_p50) = (Vec::new(), Vec::new());
     for (concurrency, rounds) in [(1usize, 20usize), (10, 3)] {
-        let (mut created, mut answered) = (Vec::new(), Vec::new());
+        let (mut created, mut running, mut guest_ready, mut net_ready, mut answered) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             let results = rt.block_on(async {
                 let tasks: Vec<_> = (0..concurrency)
-                    .map(|_| tokio::spawn(timed_vm(c.clone())))
+                    .map(|_| tokio::spawn(timed_vm(c.clone(), m.state.clone())))
                     .collect();
                 let mut out = Vec::new();
                 for t in tasks {
@@ -318,9 +447,12 @@ fn create_latency_and_time_to_answering_port() {
                 }
                 out
             });
-            for (a, b) in results {
-                created.push(a);
-                answered.push(b);
+            for t in results {
+                created.push(t.created);
+                running.push(t.running);
+                guest_ready.push(t.guest_ready);
+                net_ready.push(t.net_ready);
+                answered.push(t.answered);
             }
         }
         report(
@@ -328,9 +460,47 @@ fn create_latency_and_time_to_answering_port() {
             created,
         );
         report(
+            &format!("CreateVm->VM process running (first KVM_RUN), {concurrency} concurrent"),
+            running,
+        );
+        ready_p50.push(report(
+            &format!("CreateVm->guest ready (console), {concurrency} concurrent"),
+            guest_ready,
+        ));
+        report(
+            &format!("CreateVm->guest net ready (console), {concurrency} concurrent"),
+            net_ready,
+        );
+        answered_p50.push(report(
             &format!("CreateVm->ECHO answered, {concurrency} concurrent"),
             answered,
-        );
+        ));
     }
     assert!(wait_for(Duration::from_secs(10), || usage(&m).children == 0));
+    let have_qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_qemu {
+        println!("SKIPPED: qemu-system-x86_64 not found; no QEMU comparison");
+        return;
+    }
+    let runs = 20;
+    let _ = qemu_ready_once(); // warm-up
+    let ready: Vec<Duration> = (0..runs).filter_map(|_| qemu_ready_once()).collect();
+    assert_eq!(ready.len(), runs, "QEMU runs failed");
+    let qemu_ready = report("QEMU microvm start->guest ready, 1 at a time", ready);
+    let _ = rt.block_on(qemu_port_answering_once()); // warm-up
+    let port: Vec<Duration> = (0..runs)
+        .filter_map(|_| rt.block_on(qemu_port_answering_once()))
+        .collect();
+    assert_eq!(port.len(), runs, "QEMU runs failed");
+    let qemu_port = report("QEMU q35+slirp start->ECHO answered, 1 at a time", port);
+    println!(
+        "ratio (1 concurrent, p50): CreateVm->guest ready / QEMU microvm start->guest ready = {:.2}; CreateVm->ECHO answered / QEMU microvm start->guest ready = {:.2}; CreateVm->ECHO answered / QEMU q35+slirp start->ECHO answered = {:.2}",
+        ready_p50[0] / qemu_ready,
+        answered_p50[0] / qemu_ready,
+        answered_p50[0] / qemu_port
+    );
 }

@@ -154,3 +154,91 @@ fn the_control_thread_is_filtered_and_serves_under_its_filter() {
     assert_eq!(r.code, Some(128 + libc::SIGTERM), "{}", r.stderr);
     let _ = std::fs::remove_dir_all(sock.parent().unwrap());
 }
+
+/// `powerdown` on the control socket of a running VM (filters in kill mode): the press reaches
+/// the VM's power button (the GED of direct boot; the timeline's `power_button` phase), the VM
+/// keeps running (the probe handles no ACPI events), and `stop` still stops it as before.
+#[test]
+fn powerdown_presses_the_power_button_of_a_running_vm() {
+    if !kvm_available("tier B powerdown") {
+        return;
+    }
+    let (child, sock) = vm_with_control("powerdown", None);
+    let wait_for = |phase: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match vmm::control::status(&sock) {
+                Ok(s) if s.phases.iter().any(|p| p.phase == phase) => return Some(s),
+                _ if std::time::Instant::now() > deadline => return None,
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    };
+    wait_for("debug_port:0x60").expect("the probe reached ready");
+    vmm::control::powerdown(&sock).unwrap();
+    let status = wait_for("power_button").expect("the press reached the VM's button");
+    assert_eq!(status.state, "running");
+    assert_eq!(status.pid, child.id());
+    vmm::control::stop(&sock).unwrap();
+    let r = wait_limit(child, LIMIT);
+    assert_eq!(r.code, Some(128 + libc::SIGTERM), "{}", r.stderr);
+    let _ = std::fs::remove_dir_all(sock.parent().unwrap());
+}
+
+fn manager_state_dir(mode: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("cvmm-seccomp-mgr-{}-{mode}", std::process::id()))
+}
+
+/// Starts `cvmm manager` on free loopback ports with `MANAGER_VMM_SECCOMP=mode` and the
+/// self-test hook of the manager's threads (no KVM needed: no VM is created).
+fn manager_selftest(mode: &str) -> std::process::Child {
+    let state = manager_state_dir(mode);
+    Command::new(cvmm())
+        .arg("manager")
+        .env("MANAGER_GRPC_HOST", "127.0.0.1")
+        .env("MANAGER_GRPC_PORT", free_port().to_string())
+        .env("MANAGER_HTTP_HOST", "127.0.0.1")
+        .env("MANAGER_HTTP_PORT", free_port().to_string())
+        .env("MANAGER_STATE_DIR", &state)
+        .env("MANAGER_VMM_TEE", "none")
+        .env("MANAGER_VMM_SECCOMP", mode)
+        .env("CVMM_SECCOMP_SELFTEST", "manager")
+        .env("CVMM_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_forbidden_syscall_in_the_manager_kills_it() {
+    let r = wait_limit(manager_selftest("kill"), LIMIT);
+    assert_eq!(
+        r.signal,
+        Some(libc::SIGSYS),
+        "code {:?}\n{}",
+        r.code,
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains(&format!("made forbidden syscall {}", libc::SYS_getppid)),
+        "the reporter names the syscall: {}",
+        r.stderr
+    );
+    let _ = std::fs::remove_dir_all(manager_state_dir("kill"));
+}
+
+#[test]
+fn the_manager_in_log_mode_survives_the_same_call() {
+    let mut child = manager_selftest("log");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the manager is still serving"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(manager_state_dir("log"));
+}

@@ -87,12 +87,29 @@ pub struct VmDefaults {
     pub sev_snp_cbit_pos: u32,
     /// `SEV_SNP_REDUCED_PHYS_BITS`.
     pub sev_snp_reduced_phys_bits: u32,
-    /// `ENABLE_HOST_DATA`.
+    /// `ENABLE_HOST_DATA`: SNP VMs launch with [`SNP_HOST_DATA`] and AttestationPolicy
+    /// includes it (spec §4.1 step 7, §4.4). `HOST_DATA` itself is overwritten per VM upstream,
+    /// so it is ignored.
     pub enable_host_data: bool,
     /// `QUOTE_GENERATION_PORT`: host QGS vsock port for TDX quotes.
     pub quote_generation_port: u32,
     /// `HOST_FWD_RANGE`, inclusive.
     pub host_fwd_range: (u16, u16),
+}
+
+/// The host data of every SEV-SNP VM when `ENABLE_HOST_DATA` is set: SHA3-256 of the ASCII
+/// text `TODO`, which the Go manager puts there (base64 on QEMU's command line) in place of a
+/// computation hash (spec §4.1 step 7).
+pub const SNP_HOST_DATA: [u8; 32] = [
+    0xb4, 0x32, 0xd9, 0x45, 0xa0, 0x40, 0x87, 0x27, 0x3f, 0x48, 0xcc, 0x9e, 0x69, 0x32, 0x99, 0xa3,
+    0xfd, 0x62, 0xb8, 0x67, 0x5d, 0x5e, 0x20, 0x3b, 0xee, 0xe1, 0xa0, 0x3c, 0x7d, 0xea, 0xf8, 0xc8,
+];
+
+impl VmDefaults {
+    /// The SNP host data VMs launch with: [`SNP_HOST_DATA`] when `ENABLE_HOST_DATA` is set.
+    pub fn snp_host_data(&self) -> Option<[u8; 32]> {
+        self.enable_host_data.then_some(SNP_HOST_DATA)
+    }
 }
 
 /// Everything `cvmm manager` is configured with.
@@ -138,6 +155,9 @@ pub struct ManagerConfig {
     pub plain_boot: PlainBoot,
     /// `MANAGER_VMM_STOP_TIMEOUT`: SIGTERM to SIGKILL delay on RemoveVm (default 30s).
     pub stop_timeout: Duration,
+    /// `MANAGER_VMM_SECCOMP`: the filter of the manager's own threads, kill (default), log or
+    /// off. Each VM process installs its own filters regardless.
+    pub seccomp: seccomp::Mode,
     /// Variables that were set but have no meaning here (logged once by `serve`).
     pub ignored_vars: Vec<String>,
 }
@@ -171,6 +191,7 @@ const QEMU_IGNORED: &[&str] = &[
     "DISK_FORMAT",
     "DISK_SCSI_ID",
     "SEV_SNP_ID",
+    // Overwritten per VM upstream; the host data comes from `ENABLE_HOST_DATA`.
     "HOST_DATA",
     "TDX_ID",
     "IGVM_ID",
@@ -466,6 +487,12 @@ impl ManagerConfig {
                 parse_go_duration(s).map_err(|e| invalid("MANAGER_VMM_STOP_TIMEOUT", s, &e))?
             }
         };
+        let seccomp = match v.get("MANAGER_VMM_SECCOMP") {
+            None => seccomp::Mode::Kill,
+            Some(s) => s
+                .parse()
+                .map_err(|_| invalid("MANAGER_VMM_SECCOMP", s, "expected kill, log or off"))?,
+        };
 
         let mut ignored_vars: Vec<String> =
             v.0.iter()
@@ -503,6 +530,7 @@ impl ManagerConfig {
             )?,
             plain_boot,
             stop_timeout,
+            seccomp,
             ignored_vars,
         })
     }

@@ -1,6 +1,8 @@
 //! The CoRIM that AttestationPolicy returns (spec §4.4), encoded by hand with `ciborium` in
 //! the layout veraison/corim produces: a tag-501 unsigned CoRIM holding one tag-506 CoMID with
-//! one reference-value triple, every digest labelled hash-alg 1 as upstream does. With a key
+//! one reference-value triple, every digest labelled hash-alg 1 as upstream does. SNP host data
+//! (when the manager sets it) follows the digests as one more measurement whose value is a
+//! `raw-value` (tagged-bytes): upstream hands it to its generator, which drops it. With a key
 //! the CoRIM is wrapped in a COSE_Sign1 (tag 18, ES256) whose protected header carries the
 //! algorithm, the `application/rim+cbor` content type and a corim-meta signer.
 
@@ -15,6 +17,8 @@ pub const TAG_UNSIGNED_CORIM: u64 = 501;
 pub const TAG_COMID: u64 = 506;
 /// CBOR tag of a binary UUID.
 pub const TAG_UUID: u64 = 37;
+/// CBOR tag of `tagged-bytes`, the form of a measurement's `raw-value`.
+pub const TAG_TAGGED_BYTES: u64 = 560;
 /// CBOR tag of a COSE_Sign1 message.
 pub const TAG_COSE_SIGN1: u64 = 18;
 /// The hash-alg label upstream puts on every digest (sha-256, even for 48-byte values).
@@ -66,6 +70,8 @@ pub struct ReferenceValues {
     pub digests: Vec<Vec<u8>>,
     /// Product name (the CPU model on SNP); becomes the environment's instance UUIDv5.
     pub product: Option<String>,
+    /// SNP host data the launch set, a `raw-value` measurement after the digests.
+    pub host_data: Option<[u8; 32]>,
 }
 
 impl ReferenceValues {
@@ -80,6 +86,7 @@ impl ReferenceValues {
             platform: Platform::Tdx,
             digests,
             product: None,
+            host_data: None,
         }
     }
 
@@ -89,7 +96,13 @@ impl ReferenceValues {
             platform: Platform::Snp,
             digests: vec![measurement.to_vec()],
             product: (!product.is_empty()).then(|| product.to_string()),
+            host_data: None,
         }
+    }
+
+    /// The same values with the SNP host data the launch sets (`None`: none set).
+    pub fn with_host_data(self, host_data: Option<[u8; 32]>) -> Self {
+        Self { host_data, ..self }
     }
 }
 
@@ -133,6 +146,15 @@ fn measurement(digest: &[u8]) -> Value {
     ])
 }
 
+/// A measurement whose value is a raw value (`raw-value`: tagged-bytes) rather than a digest.
+fn raw_value_measurement(value: &[u8]) -> Value {
+    let raw = Value::Tag(TAG_TAGGED_BYTES, Box::new(Value::Bytes(value.to_vec())));
+    Value::Map(vec![
+        (int(0), tagged_uuid(Uuid::new_v4())),
+        (int(1), Value::Map(vec![(int(4), raw)])),
+    ])
+}
+
 fn environment(product: Option<&str>) -> Value {
     let class = Value::Map(vec![(int(0), tagged_uuid(Uuid::new_v4()))]);
     let mut env = vec![(int(0), class)];
@@ -150,7 +172,13 @@ fn comid(rv: &ReferenceValues) -> Value {
     let tag_id = format!("{}-tag-{}", rv.platform.name(), Uuid::new_v4());
     let triple = Value::Array(vec![
         environment(rv.product.as_deref()),
-        Value::Array(rv.digests.iter().map(|d| measurement(d)).collect()),
+        Value::Array(
+            rv.digests
+                .iter()
+                .map(|d| measurement(d))
+                .chain(rv.host_data.iter().map(|h| raw_value_measurement(h)))
+                .collect(),
+        ),
     ]);
     Value::Map(vec![
         (int(1), Value::Map(vec![(int(0), Value::Text(tag_id))])),

@@ -116,6 +116,39 @@ fn snp_carries_the_measurement_and_the_product_instance() {
 }
 
 #[test]
+fn snp_host_data_follows_the_digest_as_a_raw_value_measurement() {
+    let m = [7u8; 48];
+    let host_data: [u8; 32] = std::array::from_fn(|i| 0xa0 + i as u8);
+    let rv = ReferenceValues::snp(m, "EPYC").with_host_data(Some(host_data));
+    let (_, comid) = open(&unsigned_corim(&rv));
+    let triples = get(&comid, 4).unwrap();
+    let rec = get(triples, 0).unwrap().as_array().unwrap()[0].clone();
+    let measurements = rec.as_array().unwrap()[1].as_array().unwrap().clone();
+    assert_eq!(measurements.len(), 2, "the digest, then the host data");
+    let first = get(&measurements[0], 1).unwrap();
+    let digest = get(first, 2).unwrap().as_array().unwrap()[0].clone();
+    assert_eq!(
+        digest.as_array().unwrap()[1].as_bytes().unwrap(),
+        &m.to_vec()
+    );
+    assert_eq!(get(first, 4), None, "the digest carries no raw value");
+    let second = get(&measurements[1], 1).unwrap();
+    assert_eq!(get(second, 2), None, "host data is not a digest");
+    let raw = untag(get(second, 4).expect("raw-value").clone(), TAG_TAGGED_BYTES);
+    assert_eq!(raw.as_bytes().unwrap(), &host_data.to_vec());
+    let keys = [
+        uuid_of(get(&measurements[0], 0).unwrap()),
+        uuid_of(get(&measurements[1], 0).unwrap()),
+    ];
+    assert_ne!(keys[0], keys[1], "each measurement has its own key");
+
+    // Without host data the triple holds the digest only (upstream's layout).
+    let (_, comid) = open(&unsigned_corim(&rv.with_host_data(None)));
+    let (_, digests) = triple(&comid);
+    assert_eq!(digests.len(), 1);
+}
+
+#[test]
 fn every_call_has_fresh_ids() {
     let rv = ReferenceValues::tdx_defaults();
     let (a, _) = open(&unsigned_corim(&rv));

@@ -4,6 +4,7 @@
 //!
 //! `cvmm manager` calls [`ManagerConfig::from_env`] and then [`serve`].
 
+pub mod boot_watch;
 pub mod config;
 pub mod corim;
 pub mod duration;

@@ -1,16 +1,19 @@
 //! The VM registry and lifecycle: CreateVm (validate, cap, reserve a port by holding its
-//! listening socket, write the spec, spawn the VM process), exit detection through a pidfd,
-//! RemoveVm (SIGTERM, SIGKILL after a bound, reap), TTLs, and re-adoption of the VMs recorded
-//! in the state directory by an earlier manager (stopping those it left without a record).
+//! listening socket, check the boot files, write the spec, spawn the VM process), exit
+//! detection through a pidfd, RemoveVm (SIGTERM, SIGKILL after a bound, reap), TTLs, and
+//! re-adoption of the VMs recorded in the state directory by an earlier manager (only processes
+//! that are those VMs; stopping VMs it left without a record).
 
+use crate::boot_watch::{self, BootReport};
 use crate::config::{ManagerConfig, PlainBoot};
 use crate::metrics::Metrics;
 use crate::pb::CreateReq;
 use crate::process::{
-    kill_and_wait, pidfd_open, pidfd_signal, spawn_vm, start_time, vm_processes, LISTEN_FD,
+    kill_and_wait, pidfd_open, pidfd_signal, runs_vm_spec, spawn_vm, start_time, vm_processes,
+    LISTEN_FD,
 };
 use crate::request::{validate, RequestError, VmRequest};
-use crate::state::{self, VmDir, VmRecord};
+use crate::state::{self, go_error_text, FsError, VmDir, VmRecord};
 use std::collections::HashMap;
 use std::io;
 use std::net::TcpListener;
@@ -26,7 +29,7 @@ use vmm::spec::{ForwardSpec, SerialSpec, ShareSource, ShareSpec, TeeMode, VmSpec
 /// How long to wait for a VM to exit after SIGKILL before giving up.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// Why a VM operation failed; the texts are the Go manager's where it had one.
+/// Why a VM operation failed; the texts are the Go manager's where it had one (spec §4.8).
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// A request field is unusable.
@@ -44,28 +47,71 @@ pub enum VmError {
     /// Unknown id in AttestationPolicy.
     #[error("computationId {0} not found")]
     PolicyNotFound(String),
-    /// The VM's files could not be written.
-    #[error("failed to write VM files in {path}: {source}")]
-    Files {
-        /// The path.
+    /// The VM's files could not be written (Go: the OS error text).
+    #[error(transparent)]
+    Files(#[from] FsError),
+    /// The kernel or initrd path is empty (Go's boot-config check).
+    #[error("kernel boot enabled but {0} is not set")]
+    BootFileNotSet(&'static str),
+    /// A boot file the configuration names cannot be read (the Go manager started QEMU
+    /// regardless and the VM died; cvmm refuses before anything starts).
+    #[error("{what} {} ({var}) cannot be read: {}", path.display(), go_error_text(source))]
+    BootFile {
+        /// What the file is (`kernel image`, `OVMF code file`, ...).
+        what: &'static str,
+        /// The variable configuring it.
+        var: &'static str,
+        /// The file.
         path: PathBuf,
         /// The OS error.
         source: io::Error,
     },
-    /// The VM program could not be started.
-    #[error("failed to start VM program {exe}: {source}")]
+    /// The VM program could not be started (Go's `exec` texts).
+    #[error("{}", exec_error_text(exe, source))]
     Spawn {
         /// The program.
         exe: PathBuf,
         /// The OS error.
         source: io::Error,
     },
+    /// The started VM process could not be watched.
+    #[error("pidfd_open {pid}: {}", go_error_text(source))]
+    Watch {
+        /// The VM process.
+        pid: i32,
+        /// The OS error.
+        source: io::Error,
+    },
     /// SIGTERM could not be sent.
-    #[error("failed to send SIGTERM: {0}")]
+    #[error("failed to send SIGTERM: {}", go_error_text(.0))]
     Signal(io::Error),
     /// The process outlived SIGKILL.
     #[error("failed to kill process: VM {0} did not exit after SIGKILL")]
     Kill(String),
+}
+
+/// How Go's `exec.Cmd.Start` words a start failure: a bare program name not found on `PATH`
+/// gives `exec: "<name>": executable file not found in $PATH`, anything else
+/// `fork/exec <path>: <OS error text>`.
+fn exec_error_text(exe: &std::path::Path, e: &io::Error) -> String {
+    let bare_name = !exe.as_os_str().as_encoded_bytes().contains(&b'/');
+    if bare_name && e.kind() == io::ErrorKind::NotFound {
+        format!(
+            "exec: {:?}: executable file not found in $PATH",
+            exe.display().to_string()
+        )
+    } else {
+        format!("fork/exec {}: {}", exe.display(), go_error_text(e))
+    }
+}
+
+/// Opens `path` for reading and checks it is not a directory.
+fn check_readable_file(path: &std::path::Path) -> io::Result<()> {
+    let meta = std::fs::File::open(path)?.metadata()?;
+    if meta.is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    }
+    Ok(())
 }
 
 struct Entry {
@@ -76,6 +122,8 @@ struct Entry {
     ttl: Option<AbortHandle>,
     monitor: Option<AbortHandle>,
     dir: VmDir,
+    /// Whether the boot phases were reported (by the boot watcher or at exit).
+    boot: BootReport,
 }
 
 /// The VMs this manager supervises.
@@ -135,13 +183,8 @@ impl Manager {
         if self.cfg.max_vms > 0 && self.running() >= self.cfg.max_vms {
             return Err(VmError::MaxVms);
         }
-        let listener = self.reserve_port()?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| self.files_err(&id, e))?
-            .port();
-        let dir =
-            state::create_vm_dir(&self.cfg.state_dir, &id).map_err(|e| self.files_err(&id, e))?;
+        let (listener, port) = self.reserve_port()?;
+        let dir = state::create_vm_dir(&self.cfg.state_dir, &id)?;
         let (child, pidfd) = match self.launch(&id, &dir, &vm_req, port, &listener) {
             Ok(v) => v,
             Err(e) => {
@@ -161,16 +204,15 @@ impl Manager {
         };
         // Without its record a VM could not be re-adopted after a manager restart, so a VM
         // whose record cannot be written (disk full) is stopped and CreateVm fails.
-        if let Err(e) = serde_json::to_vec(&record)
-            .map_err(io::Error::other)
-            .and_then(|b| state::write_private(&dir.record(), &b))
-        {
+        let encoded = serde_json::to_vec(&record)
+            .map_err(|e| FsError::new("write", &dir.record(), io::Error::other(e)));
+        if let Err(e) = encoded.and_then(|b| state::write_private(&dir.record(), &b)) {
             tracing::warn!(cvm_id = %id, pid, error = %e, "could not persist the VM record, stopping the VM");
             let mut child = child;
             let _ = child.kill();
             let _ = child.wait();
             let _ = state::remove_vm_dir(&dir);
-            return Err(self.files_err(&id, e));
+            return Err(e.into());
         }
         // The VM process now holds the port; the manager's copy of the socket is not needed.
         drop(listener);
@@ -179,15 +221,8 @@ impl Manager {
         Ok((port, id))
     }
 
-    fn files_err(&self, id: &str, source: io::Error) -> VmError {
-        VmError::Files {
-            path: self.cfg.state_dir.join(id),
-            source,
-        }
-    }
-
     /// Binds the first free port of the range that no running VM owns, and keeps it bound.
-    fn reserve_port(&self) -> Result<TcpListener, VmError> {
+    fn reserve_port(&self) -> Result<(TcpListener, u16), VmError> {
         let (lo, hi) = self.cfg.vm.host_fwd_range;
         let used: Vec<u16> = self
             .vms()
@@ -197,7 +232,7 @@ impl Manager {
             .collect();
         (lo..=hi)
             .filter(|p| !used.contains(p))
-            .find_map(|p| TcpListener::bind((self.cfg.host_fwd_addr, p)).ok())
+            .find_map(|p| Some((TcpListener::bind((self.cfg.host_fwd_addr, p)).ok()?, p)))
             .ok_or(VmError::NoPort(lo, hi))
     }
 
@@ -210,44 +245,85 @@ impl Manager {
         listener: &TcpListener,
     ) -> Result<(Child, OwnedFd), VmError> {
         let spec = self.vm_spec(id, dir, req, port);
+        self.check_boot_files(&spec)?;
         if let Some(vars) = &spec.firmware_vars {
             // The VM's own variable store, removed with its directory.
-            let template = &self.cfg.vm.ovmf_vars_file;
-            std::fs::copy(template, vars).map_err(|e| {
-                let msg = format!("copying {} to {}: {e}", template.display(), vars.display());
-                self.files_err(id, io::Error::new(e.kind(), msg))
-            })?;
+            copy_file(&self.cfg.vm.ovmf_vars_file, vars)?;
         }
         let json = serde_json::to_vec_pretty(&spec)
-            .map_err(|e| self.files_err(id, io::Error::other(e)))?;
-        state::write_private(&dir.spec(), &json).map_err(|e| self.files_err(id, e))?;
+            .map_err(|e| FsError::new("write", &dir.spec(), io::Error::other(e)))?;
+        state::write_private(&dir.spec(), &json)?;
+        let console = dir.console();
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&console)
+            .map_err(|e| FsError::new("open", &console, e))?;
         let exe = &self.cfg.vmm_exe;
         let control = dir.control();
         if control.is_none() {
             tracing::warn!(cvm_id = %id, dir = %dir.0.display(), "state directory too deep for a control socket; the VM is stopped by signal");
         }
-        let mut child = spawn_vm(
-            exe,
-            &dir.spec(),
-            &dir.console(),
-            listener,
-            control.as_deref(),
-        )
-        .map_err(|source| VmError::Spawn {
-            exe: exe.clone(),
-            source,
-        })?;
-        match pidfd_open(child.id() as i32) {
+        let mut child =
+            spawn_vm(exe, &dir.spec(), log, listener, control.as_deref()).map_err(|source| {
+                VmError::Spawn {
+                    exe: exe.clone(),
+                    source,
+                }
+            })?;
+        let pid = child.id() as i32;
+        match pidfd_open(pid) {
             Ok(fd) => Ok((child, fd)),
             Err(source) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                Err(VmError::Spawn {
-                    exe: exe.clone(),
-                    source,
-                })
+                Err(VmError::Watch { pid, source })
             }
         }
+    }
+
+    /// Checks that every file `spec` boots from (and the UEFI variable template it copies)
+    /// can be read, so a VM is not started to die at once.
+    fn check_boot_files(&self, spec: &VmSpec) -> Result<(), VmError> {
+        let firmware_var = if self.tee == TeeMode::Tdx {
+            "MANAGER_QEMU_OVMF_FILE"
+        } else {
+            "MANAGER_QEMU_OVMF_CODE_FILE"
+        };
+        let files = [
+            (
+                "kernel image",
+                "MANAGER_QEMU_DISK_IMG_KERNEL_FILE",
+                spec.kernel.clone(),
+            ),
+            (
+                "initramfs image",
+                "MANAGER_QEMU_DISK_IMG_ROOTFS_FILE",
+                spec.initrd.clone(),
+            ),
+            ("OVMF file", firmware_var, spec.firmware.clone()),
+            (
+                "OVMF variables template",
+                "MANAGER_QEMU_OVMF_VARS_FILE",
+                spec.firmware_vars
+                    .as_ref()
+                    .map(|_| self.cfg.vm.ovmf_vars_file.clone()),
+            ),
+            ("IGVM file", "MANAGER_QEMU_IGVM_FILE", spec.igvm.clone()),
+        ];
+        for (what, var, path) in files {
+            let Some(path) = path else { continue };
+            if path.as_os_str().is_empty() && matches!(what, "kernel image" | "initramfs image") {
+                return Err(VmError::BootFileNotSet(what));
+            }
+            check_readable_file(&path).map_err(|source| VmError::BootFile {
+                what,
+                var,
+                path,
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// The VmSpec of one VM: config defaults plus the request's command line and shares.
@@ -296,10 +372,13 @@ impl Manager {
             snp: vmm::spec::SnpSettings {
                 cbitpos: u8::try_from(vm.sev_snp_cbit_pos).ok(),
                 reduced_phys_bits: u8::try_from(vm.sev_snp_reduced_phys_bits).ok(),
+                // Only SNP launches carry host data (spec §4.1 step 7).
+                host_data: vm.snp_host_data().filter(|_| self.tee == TeeMode::Snp),
                 ..Default::default()
             },
             tdx: vmm::spec::TdxSettings {
                 quote_generation: Some(format!("vsock:2:{}", vm.quote_generation_port)),
+                ..Default::default()
             },
             ..VmSpec::default()
         }
@@ -331,6 +410,16 @@ impl Manager {
             })
             .abort_handle()
         });
+        let boot = BootReport::default();
+        if let Some(control) = dir.control() {
+            let (me, id, once, exited) =
+                (Arc::clone(self), id.to_string(), boot.clone(), rx.clone());
+            tokio::spawn(async move {
+                if let Some((up, phases)) = boot_watch::wait_until_up(control, exited).await {
+                    boot_watch::report(&id, up, &phases, &me.metrics, &once);
+                }
+            });
+        }
         let entry = Entry {
             port,
             running: true,
@@ -339,6 +428,7 @@ impl Manager {
             ttl,
             monitor: Some(monitor.abort_handle()),
             dir,
+            boot,
         };
         vms.insert(id.to_string(), entry);
     }
@@ -372,7 +462,7 @@ impl Manager {
 
     /// A VM process has exited: free its port and files, keep a stopped entry for RemoveVm.
     fn on_exit(&self, id: &str, status: Option<ExitStatus>) {
-        let dir = {
+        let (dir, boot) = {
             let mut vms = self.vms();
             let Some(e) = vms.get_mut(id) else { return };
             e.running = false;
@@ -381,10 +471,15 @@ impl Manager {
             if let Some(t) = e.ttl.take() {
                 t.abort();
             }
-            e.dir.clone()
+            (e.dir.clone(), e.boot.clone())
         };
-        if let Ok(t) = std::fs::read(dir.timeline()) {
-            self.metrics.add_timeline(&t);
+        // A VM that stopped before its boot watcher saw the guest up: the timeline it left.
+        let phases = std::fs::read(dir.timeline())
+            .map(|t| boot_watch::phases_of_timeline(&t))
+            .unwrap_or_default();
+        if !phases.is_empty() {
+            let up = boot_watch::guest_is_up(&phases);
+            boot_watch::report(id, up, &phases, &self.metrics, &boot);
         }
         match status {
             Some(s) if !s.success() => {
@@ -482,6 +577,9 @@ impl Manager {
             let live = pidfd_open(rec.pid)
                 .ok()
                 .filter(|_| start_time(rec.pid) == Some(rec.start_time));
+            // And its arguments must name this VM's spec: a live process that is not that VM
+            // (the pid reused by something else) is neither adopted nor killed.
+            let live = live.filter(|_| runs_vm_spec(rec.pid, &found.dir.spec()));
             let Some(pidfd) = live else {
                 tracing::info!(cvm_id = %rec.id, pid = rec.pid, "recorded VM is gone, removing its files");
                 stop_strays(&found.dir);
@@ -519,6 +617,14 @@ impl Manager {
             }
         }
     }
+}
+
+/// Copies the UEFI variable template `from` to a VM's own store `to`.
+fn copy_file(from: &std::path::Path, to: &std::path::Path) -> Result<(), FsError> {
+    let mut src = std::fs::File::open(from).map_err(|e| FsError::new("open", from, e))?;
+    let mut dst = std::fs::File::create(to).map_err(|e| FsError::new("open", to, e))?;
+    io::copy(&mut src, &mut dst).map_err(|e| FsError::new("write", to, e))?;
+    Ok(())
 }
 
 /// Kills the VM processes still running from `dir`'s spec and waits for them to exit, so their

@@ -129,24 +129,16 @@ impl Metrics {
         out
     }
 
-    /// Reads a VM timeline document (`{"events":[{"phase":..,"us":..}]}`) into the phase sums.
-    pub fn add_timeline(&self, json: &[u8]) {
-        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(json) else {
-            return;
-        };
-        let Some(events) = doc.get("events").and_then(|e| e.as_array()) else {
-            return;
-        };
-        for e in events.iter().take(256) {
-            if let (Some(phase), Some(us)) = (
-                e.get("phase").and_then(|p| p.as_str()),
-                e.get("us").and_then(|u| u.as_u64()),
-            ) {
-                // Per-range TEE launch phases stay in the VM's timeline (one per range would
-                // make a histogram per GPA); launch start and finish are kept.
-                if phase != "debug_port" && phase.len() <= 64 && !phase.starts_with("tee_update[") {
-                    self.boot_phase(phase, us as f64 / 1e6);
-                }
+    /// Adds boot phases (name, microseconds since the VM process started) to the histograms.
+    /// Debug-port codes and per-range TEE launch phases stay in the VM's timeline (one
+    /// histogram per code or per GPA would be noise); launch start and finish are kept.
+    pub fn add_phases<'a>(&self, phases: impl Iterator<Item = (&'a str, u64)>) {
+        for (phase, us) in phases.take(256) {
+            if !phase.starts_with("debug_port")
+                && phase.len() <= 64
+                && !phase.starts_with("tee_update[")
+            {
+                self.boot_phase(phase, us as f64 / 1e6);
             }
         }
     }
@@ -162,8 +154,14 @@ mod tests {
         m.request("Run", Duration::from_micros(10));
         m.request("Run", Duration::from_micros(30));
         m.vm_exit();
-        m.add_timeline(br#"{"events":[{"phase":"first_kvm_run","us":2500000},{"phase":"debug_port","us":1,"code":1},{"phase":"tee_update[0x1000+1p:Normal]","us":3}]}"#);
-        m.add_timeline(b"not json");
+        m.add_phases(
+            [
+                ("first_kvm_run", 2_500_000),
+                ("debug_port:0x01", 1),
+                ("tee_update[0x1000+1p:Normal]", 3),
+            ]
+            .into_iter(),
+        );
         let text = m.render(3);
         assert!(
             text.contains("manager_api_request_count{method=\"Run\"} 2\n"),

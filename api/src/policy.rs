@@ -2,7 +2,8 @@
 //! encodes them as a CoRIM ([`crate::corim`]), signed when `MANAGER_CORIM_SIGNING_KEY` is set.
 //! On SNP the reference value is the real launch digest, computed in process by `tee` from the
 //! configured IGVM file (or, when that file is absent, the OVMF image) with the configured vCPU
-//! count and CPU model; TDX and plain hosts get upstream's fixed TDX defaults (spec §4.4).
+//! count and CPU model, plus the VMs' host data when `ENABLE_HOST_DATA` is set; TDX and plain
+//! hosts get upstream's fixed TDX defaults (spec §4.4).
 
 use crate::config::{ConfigError, ManagerConfig};
 use crate::corim::{self, ReferenceValues};
@@ -39,6 +40,8 @@ pub struct SnpSource {
 pub struct PolicyMaker {
     tee: TeeMode,
     snp: SnpSource,
+    /// The host data SNP VMs launch with (`None` unless `ENABLE_HOST_DATA`).
+    snp_host_data: Option<[u8; 32]>,
     key: Option<SigningKey>,
 }
 
@@ -84,6 +87,7 @@ impl PolicyMaker {
                 vcpus: cfg.vm.smp_count,
                 cpu: cfg.vm.cpu.clone(),
             },
+            snp_host_data: cfg.vm.snp_host_data(),
             key,
         })
     }
@@ -96,10 +100,10 @@ impl PolicyMaker {
     /// The reference values for this host (blocking: on SNP it reads and hashes firmware).
     pub fn reference_values(&self) -> Result<ReferenceValues, PolicyError> {
         match self.tee {
-            TeeMode::Snp => Ok(ReferenceValues::snp(
-                snp_measurement(&self.snp)?,
-                &self.snp.cpu,
-            )),
+            TeeMode::Snp => Ok(
+                ReferenceValues::snp(snp_measurement(&self.snp)?, &self.snp.cpu)
+                    .with_host_data(self.snp_host_data),
+            ),
             TeeMode::Tdx | TeeMode::None | TeeMode::Auto => Ok(ReferenceValues::tdx_defaults()),
         }
     }

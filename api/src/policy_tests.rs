@@ -202,3 +202,48 @@ fn snp_measurement_errors_name_the_file() {
     assert!(e.contains("Skylake"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn snp_policy_carries_the_host_data_only_when_enabled() {
+    if !std::path::Path::new(OVMF).exists() {
+        println!("SKIPPED snp_policy_carries_the_host_data: {OVMF} is not installed");
+        return;
+    }
+    let dir = scratch("hostdata");
+    let vars = |enable: &str| {
+        config(&[
+            (
+                "MANAGER_QEMU_IGVM_FILE",
+                dir.join("absent.igvm").display().to_string(),
+            ),
+            ("MANAGER_QEMU_OVMF_FILE", OVMF.into()),
+            ("MANAGER_QEMU_SMP_COUNT", "1".into()),
+            ("MANAGER_QEMU_ENABLE_HOST_DATA", enable.into()),
+        ])
+    };
+    let rv_of = |enable: &str, tee| {
+        PolicyMaker::new(&vars(enable), tee)
+            .unwrap()
+            .reference_values()
+            .unwrap()
+    };
+    let on = rv_of("true", TeeMode::Snp);
+    assert_eq!(on.host_data, Some(crate::config::SNP_HOST_DATA));
+    let off = rv_of("false", TeeMode::Snp);
+    assert_eq!(off.host_data, None);
+    assert_eq!(
+        on.digests, off.digests,
+        "host data is not part of the digest"
+    );
+    // The encoded policy holds it as a second measurement after the digest.
+    let maker = PolicyMaker::new(&vars("true"), TeeMode::Snp).unwrap();
+    let bytes = maker.generate().unwrap();
+    let needle = crate::config::SNP_HOST_DATA;
+    assert!(
+        bytes.windows(32).any(|w| w == needle),
+        "host data bytes are in the CoRIM"
+    );
+    // Hosts without SNP keep the TDX defaults, host data or not.
+    assert_eq!(rv_of("true", TeeMode::Tdx), ReferenceValues::tdx_defaults());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,7 +1,7 @@
 //! VM processes: spawn `<exe> vm --spec FILE [--control SOCKET]` with the forwarded port's listening socket as
 //! fd 3, open a pidfd to watch and signal it (no PID-reuse races), and read a process's start
-//! time so a re-adopted PID is known to be the same process; find and kill VM processes that
-//! a manager killed mid-CreateVm left without a record.
+//! time and arguments so a re-adopted PID is known to be that VM's process; find and kill VM
+//! processes that a manager killed mid-CreateVm left without a record.
 
 use std::fs::File;
 use std::io;
@@ -16,15 +16,15 @@ pub const LISTEN_FD: RawFd = 3;
 
 /// Starts the VM program, with its control socket at `control` when given. Its stdout and
 /// stderr go to `log`; it gets its own session so a terminal's Ctrl-C to the manager does not
-/// reach it; only `listener` is inherited (as fd 3).
+/// reach it; only `listener` is inherited (as fd 3). An error is the program's start failing.
 pub fn spawn_vm(
     exe: &Path,
     spec: &Path,
-    log: &Path,
+    log: File,
     listener: &impl AsRawFd,
     control: Option<&Path>,
 ) -> io::Result<Child> {
-    let out = File::options().create(true).append(true).open(log)?;
+    let out = log;
     let err = out.try_clone()?;
     let fd = listener.as_raw_fd();
     let mut cmd = Command::new(exe);
@@ -50,7 +50,9 @@ pub fn spawn_vm(
             Ok(())
         });
     }
-    cmd.spawn()
+    // Forked by the launcher thread, outside the manager's own seccomp filter (which the VM
+    // process would otherwise inherit through execve).
+    seccomp::run_unfiltered(move || cmd.spawn())?
 }
 
 /// Opens a pidfd for `pid` (Linux 5.3+).
@@ -87,18 +89,22 @@ pub fn pidfd_signal(pidfd: &impl AsRawFd, signal: i32) -> io::Result<()> {
 
 /// Pids of the processes whose arguments hold `vm --spec <spec>`, as [`spawn_vm`] gives a VM.
 pub fn vm_processes(spec: &Path) -> Vec<i32> {
-    let want: [&[u8]; 3] = [b"vm", b"--spec", spec.as_os_str().as_encoded_bytes()];
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.windows(3).any(|w| w == want)
-        })
+        .filter(|pid| runs_vm_spec(*pid, spec))
         .collect()
+}
+
+/// Whether process `pid`'s arguments hold `vm --spec <spec>`: it is the VM process
+/// [`spawn_vm`] started for that spec, not some other process that got its pid.
+pub fn runs_vm_spec(pid: i32, spec: &Path) -> bool {
+    let want: [&[u8]; 3] = [b"vm", b"--spec", spec.as_os_str().as_encoded_bytes()];
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(3).any(|w| w == want)
 }
 
 /// Sends SIGKILL to `pid` through a pidfd and waits up to `limit` for it to exit. Returns
@@ -165,6 +171,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(found, [pid]);
+        assert!(runs_vm_spec(pid, &spec));
+        assert!(!runs_vm_spec(pid, &spec.with_extension("other")));
+        assert!(!runs_vm_spec(std::process::id() as i32, &spec));
         assert!(vm_processes(&spec.with_extension("other")).is_empty());
         assert!(kill_and_wait(pid, Duration::from_secs(10)).unwrap());
         use std::os::unix::process::ExitStatusExt;

@@ -2,7 +2,8 @@
 //! record a restarted manager re-adopts from), `spec.json` (the VmSpec, mode 0600: it carries
 //! the client key), `console.log` (the VM process's output), `control.sock` (the VM
 //! process's control socket) and, for UEFI-booted VMs, `OVMF_VARS.fd` (its variable store).
-//! Removing the directory removes everything a VM left on disk.
+//! Removing the directory removes everything a VM left on disk. File errors read as the Go
+//! manager's do (spec §4.8: the OS error text, `open /path: no space left on device`).
 
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
@@ -57,6 +58,49 @@ impl VmDir {
     }
 }
 
+/// A file-system call on a VM's files that failed, shown as Go shows its `*PathError` (the
+/// text the Go manager returned for these failures): `<op> <path>: <OS error text>`.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {}: {}", path.display(), go_error_text(source))]
+pub struct FsError {
+    /// The call (`mkdir`, `open`, `write`, ...).
+    pub op: &'static str,
+    /// The file it was made on.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
+impl FsError {
+    /// Wraps `source` from `op` on `path`.
+    pub fn new(op: &'static str, path: &Path, source: io::Error) -> Self {
+        Self {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// An error's text as Go prints it: for an OS error the C library's message with a lower-case
+/// first letter and without Rust's `(os error N)` suffix (`no space left on device`); other
+/// errors unchanged.
+pub fn go_error_text(e: &io::Error) -> String {
+    let text = e.to_string();
+    let Some(code) = e.raw_os_error() else {
+        return text;
+    };
+    let bare = text
+        .strip_suffix(&format!(" (os error {code})"))
+        .unwrap_or(&text);
+    let mut chars = bare.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => bare.to_string(),
+    }
+}
+
 /// Longest path a unix socket can be bound at.
 pub const MAX_SOCKET_PATH: usize = 107;
 
@@ -69,24 +113,29 @@ pub fn ensure_dir(path: &Path) -> io::Result<()> {
 }
 
 /// Creates the directory of a new VM.
-pub fn create_vm_dir(state: &Path, id: &str) -> io::Result<VmDir> {
+pub fn create_vm_dir(state: &Path, id: &str) -> Result<VmDir, FsError> {
     let dir = state.join(id);
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| FsError::new("mkdir", &dir, e))?;
     Ok(VmDir(dir))
 }
 
 /// Writes `data` to `path` with mode 0600, atomically (temp file + rename).
-pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), FsError> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+        .open(&tmp)
+        .map_err(|e| FsError::new("open", &tmp, e))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| FsError::new("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| FsError::new("rename", &tmp, e))
 }
 
 /// Removes a VM's directory; a missing one is fine.
@@ -129,6 +178,40 @@ pub fn scan(state: &Path) -> io::Result<Vec<Found>> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn file_errors_read_as_gos() {
+        let full = FsError::new(
+            "open",
+            Path::new("/s/x/spec.tmp"),
+            io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert_eq!(
+            full.to_string(),
+            "open /s/x/spec.tmp: no space left on device"
+        );
+        let denied = FsError::new(
+            "mkdir",
+            Path::new("/s/x"),
+            io::Error::from_raw_os_error(libc::EACCES),
+        );
+        assert_eq!(denied.to_string(), "mkdir /s/x: permission denied");
+        assert_eq!(
+            go_error_text(&io::Error::other("not JSON")),
+            "not JSON",
+            "non-OS errors are kept"
+        );
+    }
+
+    #[test]
+    fn a_write_into_a_missing_directory_names_the_file() {
+        let path = Path::new("/nonexistent-cvmm-dir/vm.json");
+        let e = write_private(path, b"{}").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "open /nonexistent-cvmm-dir/vm.tmp: no such file or directory"
+        );
+    }
 
     #[test]
     fn records_round_trip_and_scan_ignores_foreign_names() {

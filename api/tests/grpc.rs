@@ -385,6 +385,49 @@ async fn direct_plain_boot_has_no_firmware() {
     c.remove_vm(remove(&res.cvm_id)).await.unwrap();
 }
 
+/// With `MANAGER_QEMU_ENABLE_HOST_DATA=true` an SNP VM's spec carries the Go manager's host
+/// data, SHA3-256("TODO"), for SNP_LAUNCH_FINISH; without it, or on a TDX host, none.
+#[tokio::test]
+async fn snp_vms_get_the_host_data_only_when_enabled() {
+    use vmm::spec::TeeMode;
+    for (enable, tee, mode, want) in [
+        (
+            "true",
+            "snp",
+            TeeMode::Snp,
+            Some(api::config::SNP_HOST_DATA),
+        ),
+        ("false", "snp", TeeMode::Snp, None),
+        ("true", "tdx", TeeMode::Tdx, None),
+    ] {
+        // CreateVm checks that the launch firmware exists; the fake VM never reads it.
+        let root = scratch();
+        let firmware = root.join("firmware.bin");
+        std::fs::write(&firmware, b"").unwrap();
+        let firmware = firmware.display().to_string();
+        let cfg = config(
+            &root,
+            &root.join("state"),
+            &fake_vm(&root, SLEEPER),
+            &[
+                ("MANAGER_VMM_TEE", tee.into()),
+                ("MANAGER_QEMU_ENABLE_HOST_DATA", enable.into()),
+                ("MANAGER_QEMU_IGVM_FILE", firmware.clone()),
+                ("MANAGER_QEMU_OVMF_FILE", firmware),
+            ],
+        );
+        let h = Harness::start_with(root, cfg).await;
+        let mut c = h.client().await;
+        let res = c.create_vm(create_req()).await.unwrap().into_inner();
+        let dir = h.vm_dir(&res.cvm_id);
+        let spec: vmm::spec::VmSpec =
+            serde_json::from_slice(&std::fs::read(dir.join("spec.json")).unwrap()).unwrap();
+        assert_eq!(spec.tee, mode);
+        assert_eq!(spec.snp.host_data, want, "enable={enable} tee={tee}");
+        c.remove_vm(remove(&res.cvm_id)).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_missing_vars_template_stops_start_up_naming_the_variable() {
     let root = scratch();
@@ -417,4 +460,158 @@ async fn a_missing_vars_template_stops_start_up_naming_the_variable() {
         }
         other => panic!("expected a firmware error, got {other:?}"),
     }
+}
+
+/// Waits until the manager answers RPCs (its start-up checks and state directory are done).
+async fn serving(h: &Harness) {
+    h.client()
+        .await
+        .cvm_info(CvmInfoReq::default())
+        .await
+        .expect("the manager serves");
+}
+
+/// Ports of the harness's range that can be bound now.
+fn bindable_ports(h: &Harness) -> Vec<u16> {
+    let (lo, hi) = h.range();
+    (lo..=hi)
+        .filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .collect()
+}
+
+/// Asserts a CreateVm error `(UNKNOWN, want)` and that nothing was started or left: no VM
+/// directory, no running VM, no port of the range held that was free before the call.
+async fn assert_create_fails_cleanly(h: &Harness, want: &str) {
+    let mut c = h.client().await;
+    let free = bindable_ports(h);
+    assert!(!free.is_empty(), "no free port to start a VM on");
+    let err = c.create_vm(create_req()).await.unwrap_err();
+    assert_eq!((err.code(), err.message()), (Code::Unknown, want));
+    assert_eq!(vm_dirs(h), 0, "no VM files are left after {want:?}");
+    assert_eq!(h.metric("manager_vms_running").await.as_deref(), Some("0"));
+    assert_eq!(
+        bindable_ports(h),
+        free,
+        "a port is still held after {want:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_kernel_or_initrd_fails_create_vm_naming_the_file() {
+    let h = Harness::start(SLEEPER, &[]).await;
+    let (kernel, initrd) = (h.root.join("bzImage"), h.root.join("initrd.img"));
+    std::fs::remove_file(&kernel).unwrap();
+    assert_create_fails_cleanly(
+        &h,
+        &format!(
+            "kernel image {} (MANAGER_QEMU_DISK_IMG_KERNEL_FILE) cannot be read: no such file or directory",
+            kernel.display()
+        ),
+    )
+    .await;
+    std::fs::write(&kernel, b"").unwrap();
+    std::fs::remove_file(&initrd).unwrap();
+    std::fs::create_dir(&initrd).unwrap();
+    assert_create_fails_cleanly(
+        &h,
+        &format!(
+            "initramfs image {} (MANAGER_QEMU_DISK_IMG_ROOTFS_FILE) cannot be read: is a directory",
+            initrd.display()
+        ),
+    )
+    .await;
+    std::fs::remove_dir(&initrd).unwrap();
+    std::fs::write(&initrd, b"").unwrap();
+    let mut c = h.client().await;
+    let res = c.create_vm(create_req()).await.unwrap().into_inner();
+    c.remove_vm(remove(&res.cvm_id)).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unset_kernel_or_initrd_fails_with_the_go_message() {
+    for (unset_kernel, want) in [
+        (true, "kernel boot enabled but kernel image is not set"),
+        (false, "kernel boot enabled but initramfs image is not set"),
+    ] {
+        let root = scratch();
+        let exe = fake_vm(&root, SLEEPER);
+        let mut cfg = config(&root, &root.join("state"), &exe, &[]);
+        // The variables fall back to their defaults when empty; only a config built in
+        // code can hold an empty path.
+        if unset_kernel {
+            cfg.vm.kernel = Default::default();
+        } else {
+            cfg.vm.initrd = Default::default();
+        }
+        let h = Harness::start_with(root, cfg).await;
+        assert_create_fails_cleanly(&h, want).await;
+    }
+}
+
+#[tokio::test]
+async fn missing_uefi_firmware_at_create_vm_fails_naming_the_file() {
+    let h = uefi_harness(b"template variables").await;
+    let (code, vars) = (h.root.join("OVMF_CODE.fd"), h.root.join("OVMF_VARS.fd"));
+    serving(&h).await;
+    // Both were there at start-up; each goes away afterwards.
+    std::fs::remove_file(&code).unwrap();
+    assert_create_fails_cleanly(
+        &h,
+        &format!(
+            "OVMF file {} (MANAGER_QEMU_OVMF_CODE_FILE) cannot be read: no such file or directory",
+            code.display()
+        ),
+    )
+    .await;
+    std::fs::write(&code, b"code").unwrap();
+    std::fs::remove_file(&vars).unwrap();
+    assert_create_fails_cleanly(
+        &h,
+        &format!(
+            "OVMF variables template {} (MANAGER_QEMU_OVMF_VARS_FILE) cannot be read: no such file or directory",
+            vars.display()
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_vm_program_that_cannot_start_fails_with_gos_exec_text() {
+    let missing = "/nonexistent-cvmm-dir/cvmm";
+    let h = Harness::start(SLEEPER, &[("MANAGER_VMM_EXE", missing.into())]).await;
+    assert_create_fails_cleanly(
+        &h,
+        &format!("fork/exec {missing}: no such file or directory"),
+    )
+    .await;
+    let bare = "cvmm-no-such-program-on-path";
+    let h = Harness::start(SLEEPER, &[("MANAGER_VMM_EXE", bare.into())]).await;
+    assert_create_fails_cleanly(
+        &h,
+        &format!("exec: \"{bare}\": executable file not found in $PATH"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_file_write_failure_returns_the_os_error_text() {
+    let h = Harness::start(SLEEPER, &[]).await;
+    serving(&h).await;
+    // The state directory is replaced by a plain file after start-up: the VM's directory
+    // cannot be made under it.
+    std::fs::remove_dir_all(&h.state).unwrap();
+    std::fs::write(&h.state, b"not a directory").unwrap();
+    let mut c = h.client().await;
+    let err = c.create_vm(create_req()).await.unwrap_err();
+    let msg = err.message();
+    let prefix = format!("mkdir {}/", h.state.display());
+    assert_eq!(err.code(), Code::Unknown);
+    assert!(
+        msg.starts_with(&prefix) && msg.ends_with(": not a directory"),
+        "{msg}"
+    );
+    let id = &msg[prefix.len()..msg.len() - ": not a directory".len()];
+    uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("{id:?} in {msg:?}: {e}"));
+    assert_eq!(h.metric("manager_vms_running").await.as_deref(), Some("0"));
+    std::fs::remove_file(&h.state).unwrap();
 }

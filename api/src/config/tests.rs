@@ -23,6 +23,7 @@ fn defaults_match_the_go_manager() {
     assert_eq!(c.tee, TeeChoice::Auto);
     assert_eq!(c.stop_timeout, Duration::from_secs(30));
     assert_eq!(c.plain_boot, PlainBoot::Direct);
+    assert_eq!(c.seccomp, seccomp::Mode::Kill);
     assert!(c.ignored_vars.is_empty());
 }
 
@@ -109,6 +110,7 @@ fn bad_values_name_the_variable() {
         ("MANAGER_MAX_VMS", "ten"),
         ("MANAGER_VMM_TEE", "sev"),
         ("MANAGER_VMM_PLAIN_BOOT", "bios"),
+        ("MANAGER_VMM_SECCOMP", "strict"),
         ("MANAGER_VMM_STOP_TIMEOUT", "30"),
         ("MANAGER_QEMU_ENABLE_HOST_DATA", "yes"),
         ("MANAGER_VMM_HOST_FWD_ADDR", "localhost:1"),
@@ -166,6 +168,39 @@ fn tls_needs_cert_and_key_together() {
         "MANAGER_GRPC_SERVER_CERT"
     );
     assert!(cfg(&[("MANAGER_GRPC_CLIENT_CA_CERTS", "/ca")]).is_err());
+}
+
+/// `ENABLE_HOST_DATA` turns on the Go manager's fixed host data, SHA3-256("TODO") (base64
+/// `tDLZRaBAhyc/SMyeaTKZo/1iuGddXiA77uGgPH3q+Mg=` on its QEMU line); `HOST_DATA` is
+/// overwritten per VM upstream, so a value given for it is reported as ignored, not used.
+#[test]
+fn enable_host_data_selects_the_go_managers_host_data() {
+    assert_eq!(cfg(&[]).unwrap().vm.snp_host_data(), None);
+    for off in ["false", "0", "F"] {
+        let c = cfg(&[("MANAGER_QEMU_ENABLE_HOST_DATA", off)]).unwrap();
+        assert_eq!(c.vm.snp_host_data(), None, "{off}");
+    }
+    let mut want = "b432d945a04087273f48cc9e693299a3fd62b8675d5e203beee1a03c7deaf8c8".to_string();
+    // An independent SHA3-256 when Python is at hand.
+    if let Ok(out) = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib; print(hashlib.sha3_256(b'TODO').hexdigest(), end='')",
+        ])
+        .output()
+    {
+        if out.status.success() {
+            want = String::from_utf8(out.stdout).unwrap();
+        }
+    }
+    let c = cfg(&[
+        ("MANAGER_QEMU_ENABLE_HOST_DATA", "true"),
+        ("MANAGER_QEMU_HOST_DATA", "AAAA"),
+    ])
+    .unwrap();
+    let data = c.vm.snp_host_data().expect("host data when enabled");
+    assert_eq!(crate::corim::unhex(&want).unwrap(), data.to_vec());
+    assert_eq!(c.ignored_vars, ["MANAGER_QEMU_HOST_DATA"]);
 }
 
 #[test]

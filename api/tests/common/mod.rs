@@ -14,13 +14,19 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 /// Fake VM programs. Each records the name of its fd 3 and its arguments next to its spec.
-pub const SLEEPER: &str = "exec sleep 300";
+/// Blocks (opening `$r/block.fifo`, which nobody writes) as the shell itself, with no child
+/// process, so it keeps the `vm --spec FILE` arguments a re-adopting manager checks, and dies
+/// of SIGTERM.
+pub const SLEEPER: &str = "read x < \"$r/block.fifo\"";
 /// Ignores SIGTERM (an ignored signal stays ignored across exec).
 pub const STUBBORN: &str = "trap '' TERM\nexec sleep 300";
 /// Fails at once.
 pub const FAILS: &str = "exit 3";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
+/// Numbers the forwarded-port ranges apart from the scratch directories, so the 40 ranges of
+/// a test binary only repeat after 40 managers.
+static NEXT_RANGE: AtomicU32 = AtomicU32::new(0);
 
 /// A running manager.
 pub struct Harness {
@@ -28,6 +34,7 @@ pub struct Harness {
     pub state: PathBuf,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    range: (u16, u16),
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), ApiError>>>,
 }
@@ -41,20 +48,41 @@ pub fn scratch() -> PathBuf {
     root
 }
 
-/// Writes the fake VM program with `body` into `root`.
+/// Writes the fake VM program with `body` into `root` (which the script knows as `$r`), next
+/// to the FIFO [`SLEEPER`] blocks on.
 pub fn fake_vm(root: &Path, body: &str) -> PathBuf {
     let exe = root.join("fake-vm.sh");
+    let fifo = std::ffi::CString::new(
+        root.join("block.fifo")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path we own.
+    let made = unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) };
+    assert!(
+        made == 0 || std::io::Error::last_os_error().kind() == std::io::ErrorKind::AlreadyExists,
+        "mkfifo {fifo:?}"
+    );
     let script = format!(
-        "#!/bin/sh\nd=$(dirname \"$3\")\nreadlink /proc/$$/fd/3 > \"$d/fd3.tmp\"; mv \"$d/fd3.tmp\" \"$d/fd3\"\necho \"$@\" > \"$d/args\"\n{body}\n"
+        "#!/bin/sh\nr='{}'\nd=$(dirname \"$3\")\nreadlink /proc/$$/fd/3 > \"$d/fd3.tmp\"; mv \"$d/fd3.tmp\" \"$d/fd3\"\necho \"$@\" > \"$d/args\"\n{body}\n",
+        root.display()
     );
     std::fs::write(&exe, script).unwrap();
     std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     exe
 }
 
-/// Configuration for a test manager; `extra` overrides or adds variables.
+/// Configuration for a test manager; `extra` overrides or adds variables. The kernel and
+/// initrd it names are (empty) files under `root`: CreateVm checks they exist.
 pub fn config(root: &Path, state: &Path, exe: &Path, extra: &[(&str, String)]) -> ManagerConfig {
-    let n = NEXT.fetch_add(1, Ordering::SeqCst) as u16;
+    let (kernel, initrd) = (root.join("bzImage"), root.join("initrd.img"));
+    for f in [&kernel, &initrd] {
+        if !f.exists() {
+            std::fs::write(f, b"").unwrap();
+        }
+    }
+    let n = NEXT_RANGE.fetch_add(1, Ordering::SeqCst) as u16;
     let base = 42000 + (std::process::id() as u16 % 50) * 200 + (n % 40) * 5;
     let mut vars: Vec<(String, String)> = vec![
         ("MANAGER_VMM_EXE".into(), exe.display().to_string()),
@@ -67,7 +95,11 @@ pub fn config(root: &Path, state: &Path, exe: &Path, extra: &[(&str, String)]) -
         ("MANAGER_VMM_TEE".into(), "none".into()),
         (
             "MANAGER_QEMU_DISK_IMG_KERNEL_FILE".into(),
-            root.join("bzImage").display().to_string(),
+            kernel.display().to_string(),
+        ),
+        (
+            "MANAGER_QEMU_DISK_IMG_ROOTFS_FILE".into(),
+            initrd.display().to_string(),
         ),
         ("MANAGER_VMM_STOP_TIMEOUT".into(), "5s".into()),
     ];
@@ -91,6 +123,7 @@ impl Harness {
     /// Starts a manager with a prepared config.
     pub async fn start_with(root: PathBuf, cfg: ManagerConfig) -> Self {
         let state = cfg.state_dir.clone();
+        let range = cfg.vm.host_fwd_range;
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
@@ -103,6 +136,7 @@ impl Harness {
             state,
             grpc: grpc_addr,
             http: http_addr,
+            range,
             stop: Some(tx),
             task: Some(task),
         }
@@ -127,6 +161,11 @@ impl Harness {
             Some(t) => t.await.unwrap(),
             None => Ok(()),
         }
+    }
+
+    /// The forwarded-port range (first, last).
+    pub fn range(&self) -> (u16, u16) {
+        self.range
     }
 
     /// The state directory of one VM.
