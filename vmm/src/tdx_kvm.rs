@@ -22,9 +22,7 @@ use tee::snp::RamRegion;
 use tee::tdx::{TdxCapabilities, TdxConfig, TdxLauncher, TdxProgress};
 use tee::tdx_exit::{EventNotify, Notifier, TdxExits, TdxFatal, TdxVmcall};
 use tee::tdx_plan::TdxPlan;
-use tee::uapi::{
-    KvmCpuidEntry2, KvmRunTdx, KVM_EXIT_TDX, KVM_RUN_EXIT_UNION_OFFSET, TDX_XFAM_REQUIRED,
-};
+use tee::uapi::{KvmRunTdx, KVM_EXIT_TDX, KVM_RUN_EXIT_UNION_OFFSET, TDX_XFAM_REQUIRED};
 use vm_memory::{Bytes, GuestAddress};
 
 /// TD attribute SEPT_VE_DISABLE (bit 28): EPT violations on pending pages are not turned into
@@ -271,7 +269,6 @@ fn plan_for(spec: &VmSpec) -> Result<TdxPlan> {
 /// TD report values of `spec.tdx` (zero when unset), vCPU 0's CPUID, the memslots and the E820
 /// RAM for the TD HOB.
 fn tdx_config(spec: &VmSpec, cpuid: &CpuId, ram: Vec<RamRegion>) -> TdxConfig {
-    let base = crate::cpuid::for_vcpu(cpuid, 0, spec.vcpus);
     let report_value = |v: Option<crate::spec::TdReportValue>| v.map_or([0; 48], |v| v.0);
     TdxConfig {
         vcpus: spec.vcpus,
@@ -281,20 +278,7 @@ fn tdx_config(spec: &VmSpec, cpuid: &CpuId, ram: Vec<RamRegion>) -> TdxConfig {
         mrconfigid: report_value(spec.tdx.mrconfigid),
         mrowner: report_value(spec.tdx.mrowner),
         mrownerconfig: report_value(spec.tdx.mrownerconfig),
-        cpuid: base
-            .as_slice()
-            .iter()
-            .map(|e| KvmCpuidEntry2 {
-                function: e.function,
-                index: e.index,
-                flags: e.flags,
-                eax: e.eax,
-                ebx: e.ebx,
-                ecx: e.ecx,
-                edx: e.edx,
-                padding: [0; 3],
-            })
-            .collect(),
+        cpuid: super::bsp_cpuid_entries(cpuid, spec.vcpus),
         ram,
         system_ram: crate::firmware::e820(spec.memory_mib)
             .into_iter()
