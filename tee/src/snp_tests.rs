@@ -52,6 +52,29 @@ fn launch_calls(ops: &RecordingOps) -> Vec<&'static str> {
         .collect()
 }
 
+/// The launch sequence the kernel documents for `vcpus` vCPUs and `updates` LAUNCH_UPDATE
+/// ranges (two memslots: below and above the MMIO hole), after the capability probes.
+fn expected_launch(vcpus: usize, updates: usize) -> Vec<&'static str> {
+    let mut calls = vec![
+        "OPEN_SEV",
+        "KVM_CREATE_VM",
+        "KVM_ENABLE_CAP",
+        "SEV_INIT2",
+        "KVM_CREATE_GUEST_MEMFD",
+        "KVM_SET_USER_MEMORY_REGION2",
+        "KVM_SET_MEMORY_ATTRIBUTES",
+        "KVM_SET_USER_MEMORY_REGION2",
+        "KVM_SET_MEMORY_ATTRIBUTES",
+    ];
+    for _ in 0..vcpus {
+        calls.extend(["KVM_CREATE_VCPU", "KVM_SET_REGS"]);
+    }
+    calls.push("SNP_LAUNCH_START");
+    calls.extend(std::iter::repeat_n("SNP_LAUNCH_UPDATE", updates));
+    calls.push("SNP_LAUNCH_FINISH");
+    calls
+}
+
 fn updates_as_list(ops: &RecordingOps) -> Vec<(u64, u64, u8)> {
     ops.launch_updates()
         .iter()
@@ -64,25 +87,7 @@ fn o5_sequence_matches_the_plan() {
     let plan = plan(2);
     let mut ops = RecordingOps::snp_host();
     SnpLauncher::new(&mut ops).launch(&plan, &cfg()).unwrap();
-    let mut expected = vec![
-        "OPEN_SEV",
-        "KVM_CREATE_VM",
-        "KVM_ENABLE_CAP",
-        "SEV_INIT2",
-        "KVM_CREATE_GUEST_MEMFD",
-        "KVM_SET_USER_MEMORY_REGION2",
-        "KVM_SET_MEMORY_ATTRIBUTES",
-        "KVM_SET_USER_MEMORY_REGION2",
-        "KVM_SET_MEMORY_ATTRIBUTES",
-        "KVM_CREATE_VCPU",
-        "KVM_SET_REGS",
-        "KVM_CREATE_VCPU",
-        "KVM_SET_REGS",
-        "SNP_LAUNCH_START",
-    ];
-    expected.extend(std::iter::repeat_n("SNP_LAUNCH_UPDATE", plan.ranges.len()));
-    expected.push("SNP_LAUNCH_FINISH");
-    assert_eq!(launch_calls(&ops), expected);
+    assert_eq!(launch_calls(&ops), expected_launch(2, plan.ranges.len()));
 
     let create_vm = ops
         .calls
@@ -447,24 +452,7 @@ fn o5_ovmf_only_sequence_matches_the_plan_and_its_digest() {
     );
     let mut ops = RecordingOps::snp_host();
     SnpLauncher::new(&mut ops).launch(&plan, &cfg()).unwrap();
-    let mut expected = vec![
-        "OPEN_SEV",
-        "KVM_CREATE_VM",
-        "KVM_ENABLE_CAP",
-        "SEV_INIT2",
-        "KVM_CREATE_GUEST_MEMFD",
-        "KVM_SET_USER_MEMORY_REGION2",
-        "KVM_SET_MEMORY_ATTRIBUTES",
-        "KVM_SET_USER_MEMORY_REGION2",
-        "KVM_SET_MEMORY_ATTRIBUTES",
-    ];
-    for _ in 0..3 {
-        expected.extend(["KVM_CREATE_VCPU", "KVM_SET_REGS"]);
-    }
-    expected.push("SNP_LAUNCH_START");
-    expected.extend(std::iter::repeat_n("SNP_LAUNCH_UPDATE", plan.ranges.len()));
-    expected.push("SNP_LAUNCH_FINISH");
-    assert_eq!(launch_calls(&ops), expected);
+    assert_eq!(launch_calls(&ops), expected_launch(3, plan.ranges.len()));
     assert_eq!(updates_as_list(&ops), plan_update_list(&plan));
     assert_eq!(digest_of_recorded(&ops, &plan), plan.digest());
     let fin = ops
@@ -615,23 +603,7 @@ fn o5_igvm_sequence_matches_the_plan_and_the_igvm_crate_digest() {
 
     let mut ops = RecordingOps::snp_host();
     SnpLauncher::new(&mut ops).launch(&plan, &cfg()).unwrap();
-    let mut expected = vec![
-        "OPEN_SEV",
-        "KVM_CREATE_VM",
-        "KVM_ENABLE_CAP",
-        "SEV_INIT2",
-        "KVM_CREATE_GUEST_MEMFD",
-        "KVM_SET_USER_MEMORY_REGION2",
-        "KVM_SET_MEMORY_ATTRIBUTES",
-        "KVM_SET_USER_MEMORY_REGION2",
-        "KVM_SET_MEMORY_ATTRIBUTES",
-        "KVM_CREATE_VCPU",
-        "KVM_SET_REGS",
-        "SNP_LAUNCH_START",
-    ];
-    expected.extend(std::iter::repeat_n("SNP_LAUNCH_UPDATE", plan.ranges.len()));
-    expected.push("SNP_LAUNCH_FINISH");
-    assert_eq!(launch_calls(&ops), expected);
+    assert_eq!(launch_calls(&ops), expected_launch(1, plan.ranges.len()));
     assert_eq!(
         updates_as_list(&ops),
         [
