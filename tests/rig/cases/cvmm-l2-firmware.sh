@@ -1,6 +1,7 @@
 #!/bin/sh
 # L1 case: the firmware platform with stock Linux.
-#  1. direct boot (PVH vmlinux, 2 vCPUs): the guest sees cvmm's ACPI tables and 2 CPUs;
+#  1. direct boot (PVH vmlinux, 2 vCPUs): the guest sees cvmm's ACPI tables, 2 CPUs and the GED
+#     power button (ACPI0013 bound to its driver, PNP0C0C); OVMF boots see the fixed one;
 #  2. Debian's unified OVMF.fd as a ROM (--firmware), the bzImage handed over by fw_cfg;
 #  3. OVMF_CODE_4M.fd + a copy of OVMF_VARS_4M.fd as CFI flash (--firmware-code/-vars):
 #     the variable store on disk changes (OVMF writes its boot variables).
@@ -27,10 +28,24 @@ acpi_check() {
     pass "$1-acpi"
 }
 
+# button_check NAME WANT_BUTTONS [GED]: the guest enumerated these ACPI buttons; with GED=1 the
+# generic event device also bound to its driver.
+button_check() {
+    line=$(grep -a 'RIG-L2: acpi ' "/tmp/$1.log" | head -n 1)
+    for b in $2; do
+        echo "$line" | grep -q "buttons=\[[^]]*$b" || { fail "$1-button" "no $b: $line"; return 1; }
+    done
+    if [ "${3:-0}" = 1 ] && echo "$line" | grep -q "ged_driver=none"; then
+        fail "$1-button" "the GED bound no driver: $line"; return 1
+    fi
+    pass "$1-button"
+}
+
 name=cvmm-fw-direct-acpi
 run_l2 $name 240 cvmm run --kernel /l2/vmlinux --initrd /l2/initrd.cpio.gz \
     --append "$FW_APPEND" --smp 2 --memory 512M --net none --serial stdio
-check_l2_boot $name 2 && acpi_check $name "APIC DSDT FACP MCFG" 0 || rc=1
+check_l2_boot $name 2 && acpi_check $name "APIC DSDT FACP MCFG" 0 \
+    && button_check $name "ACPI0013 PNP0C0C" 1 || rc=1
 
 RIG_L2_IMAGE=bzImage
 if [ -f /l2/OVMF.fd ]; then
@@ -38,7 +53,8 @@ if [ -f /l2/OVMF.fd ]; then
     run_l2 $name "$FW_TIMEOUT" cvmm run --firmware /l2/OVMF.fd --kernel /l2/bzImage \
         --initrd /l2/initrd.cpio.gz --append "$FW_APPEND" --smp 1 --memory 512M --net none \
         --serial stdio --timeline /tmp/$name.json --firmware-log /tmp/$name.fwlog
-    check_l2_boot $name 1 && acpi_check $name "APIC DSDT FACP FACS MCFG" 1 || rc=1
+    check_l2_boot $name 1 && acpi_check $name "APIC DSDT FACP FACS MCFG" 1 \
+        && button_check $name LNXPWRBN || rc=1
     result "$name timeline $(tr -d ' \n' </tmp/$name.json | grep -o '"phase":"fw_cfg[a-z_0-9]*","us":[0-9]*' | tr '\n' ' ')"
 else
     fail cvmm-fw-ovmf-rom "no /l2/OVMF.fd in L1"; rc=1
