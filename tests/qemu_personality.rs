@@ -14,13 +14,33 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn symlinked_qemu() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("cvmm-qemu-{}", std::process::id()));
+/// A `qemu-system-x86_64` symlink to cvmm in a directory of its own (the tests run in
+/// parallel), removed with the guard; hold it until the process is spawned.
+struct QemuLink(std::path::PathBuf);
+
+impl QemuLink {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for QemuLink {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn symlinked_qemu() -> QemuLink {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("cvmm-qemu-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let link = dir.join("qemu-system-x86_64");
-    let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(cvmm(), &link).unwrap();
-    link
+    QemuLink(link)
 }
 
 #[test]
@@ -99,7 +119,7 @@ fn snp_and_tdx_argument_sets_are_refused_on_this_host() {
         ),
     ];
     for (set, want, path) in sets {
-        let out = Command::new(symlinked_qemu())
+        let out = Command::new(symlinked_qemu().path())
             .args(common)
             .args(&set)
             .stdin(Stdio::null())
@@ -163,7 +183,7 @@ fn the_managers_plain_argument_set_boots_the_probe() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let child = Command::new(symlinked_qemu())
+    let child = Command::new(symlinked_qemu().path())
         .args(&args)
         .env("CVMM_LOG", "warn")
         .stdin(Stdio::null())
@@ -227,7 +247,7 @@ fn plain_line(append: &str) -> Vec<String> {
 }
 
 fn spawn_qemu(args: &[String], log: &str) -> std::process::Child {
-    Command::new(symlinked_qemu())
+    Command::new(symlinked_qemu().path())
         .args(args)
         .env("CVMM_LOG", log)
         .stdin(Stdio::null())
