@@ -523,7 +523,7 @@ pub fn set_id_block_policy(block: &mut [u8; 96], policy: u64) {
 
 #[cfg(test)]
 #[path = "igvm_tests.rs"]
-mod tests;
+pub(crate) mod tests;
 
 /// Parses an IGVM file for `isolation`. The igvm crate can panic on hostile input (a zero
 /// relocation alignment divides by zero; bad offsets overflow), so a panic in the parser is

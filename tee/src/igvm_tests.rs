@@ -13,7 +13,7 @@ use super::*;
 use crate::measure::{hex, Firmware, MeasureInputs};
 use crate::vmsa::{predict_vmsa, VcpuRegs};
 
-const MASK: u32 = 1;
+pub(crate) const MASK: u32 = 1;
 
 fn page(gpa: u64, data: Vec<u8>) -> D {
     page_with(
@@ -24,7 +24,12 @@ fn page(gpa: u64, data: Vec<u8>) -> D {
     )
 }
 
-fn page_with(gpa: u64, flags: IgvmPageDataFlags, data_type: IgvmPageDataType, data: Vec<u8>) -> D {
+pub(crate) fn page_with(
+    gpa: u64,
+    flags: IgvmPageDataFlags,
+    data_type: IgvmPageDataType,
+    data: Vec<u8>,
+) -> D {
     D::PageData {
         gpa,
         compatibility_mask: MASK,
@@ -49,11 +54,11 @@ fn vp(gpa: u64, vp_index: u16, vmsa: Box<SevVmsa>) -> D {
     }
 }
 
-fn vmsa_last() -> D {
+pub(crate) fn vmsa_last() -> D {
     vp(VMSA_GPA, 0, vmsa_with(0x31, 1))
 }
 
-fn file(directives: Vec<D>) -> Vec<u8> {
+pub(crate) fn file(directives: Vec<D>) -> Vec<u8> {
     let platform = IgvmPlatformHeader::SupportedPlatform(IGVM_VHS_SUPPORTED_PLATFORM {
         compatibility_mask: MASK,
         highest_vtl: 0,
@@ -77,7 +82,7 @@ fn file(directives: Vec<D>) -> Vec<u8> {
     out
 }
 
-fn inputs(data: Vec<u8>, guest_features: u64) -> MeasureInputs {
+pub(crate) fn inputs(data: Vec<u8>, guest_features: u64) -> MeasureInputs {
     MeasureInputs {
         firmware: Firmware::Igvm {
             name: "test.igvm".into(),
@@ -97,7 +102,7 @@ fn ours(bytes: &[u8]) -> String {
     hex(&crate::snp_digest(&inputs(bytes.to_vec(), 1)).unwrap())
 }
 
-fn oracle(bytes: &[u8]) -> String {
+pub(crate) fn oracle(bytes: &[u8]) -> String {
     let f = IgvmFile::new_from_binary(bytes, Some(igvm::IsolationType::Snp)).unwrap();
     hex(
         &igvm::measurement::generate_snp_measurement(f.initializations(), f.directives(), MASK)
@@ -109,7 +114,7 @@ fn full_page(seed: u8) -> Vec<u8> {
     (0..4096u32).map(|i| (i as u8).wrapping_mul(seed)).collect()
 }
 
-fn param_area(size: u64, gpa: u64) -> Vec<D> {
+pub(crate) fn param_area(size: u64, gpa: u64) -> Vec<D> {
     vec![
         D::ParameterArea {
             number_of_bytes: size,
@@ -339,8 +344,10 @@ fn kernel_inputs_do_not_apply_to_igvm() {
     assert!(e.contains("test.igvm"), "{e}");
 }
 
-#[test]
-fn id_block_is_built_for_launch_finish() {
+/// An SNP ID block directive (author key disabled) with recognisable bytes: ld 0x55.., family
+/// 0x66.., image 0x77.., version 1, ID signature r 0x11.. s 0x22.., public key curve 2 with
+/// qx 0x33.. qy 0x44...
+pub(crate) fn id_block(guest_svn: u32) -> D {
     use igvm_defs::{
         IGVM_VHS_SNP_ID_BLOCK_PUBLIC_KEY as Key, IGVM_VHS_SNP_ID_BLOCK_SIGNATURE as Sig,
     };
@@ -354,7 +361,7 @@ fn id_block_is_built_for_launch_finish() {
         qx: [0x33; 72],
         qy: [0x44; 72],
     };
-    let id = D::SnpIdBlock {
+    D::SnpIdBlock {
         compatibility_mask: MASK,
         author_key_enabled: 0,
         reserved: [0; 3],
@@ -362,14 +369,19 @@ fn id_block_is_built_for_launch_finish() {
         family_id: [0x66; 16],
         image_id: [0x77; 16],
         version: 1,
-        guest_svn: 9,
+        guest_svn,
         id_key_algorithm: 1,
         author_key_algorithm: 0,
         id_key_signature: Box::new(sig),
         id_public_key: Box::new(key),
         author_key_signature: Box::new(sig),
         author_public_key: Box::new(key),
-    };
+    }
+}
+
+#[test]
+fn id_block_is_built_for_launch_finish() {
+    let id = id_block(9);
     let f = file(vec![page(0x1000, vec![1]), id, vmsa_last()]);
     let plan = crate::plan::LaunchPlan::from_inputs(&inputs(f, 1)).unwrap();
     let ib = plan.id_block.expect("ID block");

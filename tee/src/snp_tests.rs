@@ -474,132 +474,43 @@ fn o5_ovmf_only_sequence_matches_the_plan_and_its_digest() {
 /// the REQUIRED_MEMORY range is private, and LAUNCH_FINISH carries the ID block.
 #[test]
 fn o5_igvm_sequence_matches_the_plan_and_the_igvm_crate_digest() {
-    use igvm::{IgvmDirectiveHeader as D, IgvmFile, IgvmInitializationHeader, IgvmPlatformHeader};
-    use igvm_defs::{
-        IgvmPageDataFlags, IgvmPageDataType, IgvmPlatformType, IGVM_VHS_PARAMETER,
-        IGVM_VHS_PARAMETER_INSERT, IGVM_VHS_SNP_ID_BLOCK_PUBLIC_KEY,
-        IGVM_VHS_SNP_ID_BLOCK_SIGNATURE, IGVM_VHS_SUPPORTED_PLATFORM,
+    use crate::igvm::tests::{
+        file, id_block, inputs, oracle, page_with, param_area, vmsa_last, MASK,
     };
-    const MASK: u32 = 1;
-    let page = |gpa: u64, flags: IgvmPageDataFlags, data_type, data: Vec<u8>| D::PageData {
-        gpa,
-        compatibility_mask: MASK,
-        flags,
-        data_type,
-        data,
-    };
-    let normal = IgvmPageDataType::NORMAL;
-    let none = IgvmPageDataFlags::new();
-    let vmsa = {
-        let mut regs = crate::vmsa::VcpuRegs::reset(0xffff_fff0, 0xa00f11);
-        regs.cr0 = 0x31; // §7.2: KVM overrides CR0, so the file must say 0x30 or 0x31
-        let bytes = crate::vmsa::predict_vmsa(&regs, 1);
-        Box::new(igvm::snp_defs::SevVmsa::read_from_bytes(&bytes[..]).unwrap())
-    };
-    let sig = IGVM_VHS_SNP_ID_BLOCK_SIGNATURE {
-        r_comp: [0x11; 72],
-        s_comp: [0x22; 72],
-    };
-    let key = IGVM_VHS_SNP_ID_BLOCK_PUBLIC_KEY {
-        curve: 2,
-        reserved: 0,
-        qx: [0x33; 72],
-        qy: [0x44; 72],
-    };
-    let directives = vec![
-        page(0x10000, none, normal, vec![0x90; 4096]),
-        page(0x11000, none, normal, vec![0xcc; 100]),
-        page(0x12000, none, IgvmPageDataType::CPUID_DATA, vec![]),
-        page(0x13000, none.with_unmeasured(true), normal, vec![7; 64]),
-        page(0x14000, none, IgvmPageDataType::SECRETS, vec![]),
-        D::ParameterArea {
-            number_of_bytes: 0x1000,
-            parameter_area_index: 0,
-            initial_data: vec![],
-        },
-        D::VpCount(IGVM_VHS_PARAMETER {
-            parameter_area_index: 0,
-            byte_offset: 0,
-        }),
-        D::ParameterInsert(IGVM_VHS_PARAMETER_INSERT {
-            gpa: 0x20000,
-            compatibility_mask: MASK,
-            parameter_area_index: 0,
-        }),
+    use igvm::IgvmDirectiveHeader as D;
+    use igvm_defs::{IgvmPageDataFlags as Flags, IgvmPageDataType as Type};
+    let none = Flags::new();
+    let mut directives = vec![
+        page_with(0x10000, none, Type::NORMAL, vec![0x90; 4096]),
+        page_with(0x11000, none, Type::NORMAL, vec![0xcc; 100]),
+        page_with(0x12000, none, Type::CPUID_DATA, vec![]),
+        page_with(
+            0x13000,
+            none.with_unmeasured(true),
+            Type::NORMAL,
+            vec![7; 64],
+        ),
+        page_with(0x14000, none, Type::SECRETS, vec![]),
+    ];
+    directives.extend(param_area(0x1000, 0x20000));
+    directives.extend([
         D::RequiredMemory {
             gpa: 0x100_0000,
             compatibility_mask: MASK,
             number_of_bytes: 0x20_0000,
             vtl2_protectable: false,
         },
-        D::SnpIdBlock {
-            compatibility_mask: MASK,
-            author_key_enabled: 0,
-            reserved: [0; 3],
-            ld: [0x55; 48],
-            family_id: [0x66; 16],
-            image_id: [0x77; 16],
-            version: 1,
-            guest_svn: 2,
-            id_key_algorithm: 1,
-            author_key_algorithm: 0,
-            id_key_signature: Box::new(sig),
-            id_public_key: Box::new(key),
-            author_key_signature: Box::new(sig),
-            author_public_key: Box::new(key),
-        },
-        D::SnpVpContext {
-            gpa: crate::measure::VMSA_GPA,
-            compatibility_mask: MASK,
-            vp_index: 0,
-            vmsa,
-        },
-    ];
-    let file = IgvmFile::new(
-        igvm::IgvmRevision::V1,
-        vec![IgvmPlatformHeader::SupportedPlatform(
-            IGVM_VHS_SUPPORTED_PLATFORM {
-                compatibility_mask: MASK,
-                highest_vtl: 0,
-                platform_type: IgvmPlatformType::SEV_SNP,
-                platform_version: 1,
-                shared_gpa_boundary: 0,
-            },
-        )],
-        vec![IgvmInitializationHeader::GuestPolicy {
-            policy: 0x30000,
-            compatibility_mask: MASK,
-        }],
-        directives,
-    )
-    .unwrap();
-    let mut bytes = Vec::new();
-    file.serialize(&mut bytes).unwrap();
-    let oracle: [u8; 48] = igvm::measurement::generate_snp_measurement(
-        file.initializations(),
-        file.directives(),
-        MASK,
-    )
-    .unwrap();
+        id_block(2),
+        vmsa_last(),
+    ]);
+    let bytes = file(directives);
+    let oracle = oracle(&bytes);
 
-    let mut plan = LaunchPlan::from_inputs(&MeasureInputs {
-        firmware: Firmware::Igvm {
-            name: "svsm.igvm".into(),
-            data: bytes,
-        },
-        kernel: None,
-        initrd: None,
-        cmdline: None,
-        vcpus: 1,
-        vcpu_signature: 0xa00f11,
-        guest_features: 1,
-        ovmf_hash: None,
-    })
-    .unwrap();
+    let mut plan = LaunchPlan::from_inputs(&inputs(bytes, 1)).unwrap();
     assert_eq!(plan.private_ranges, [(0x100_0000, 0x20_0000)]);
     // The VMM fills the CPUID page before the launch; the digest stays the igvm crate's.
     assert_eq!(plan.fill_cpuid_pages(&cpuid_entries()).unwrap(), 1);
-    assert_eq!(plan.digest(), oracle);
+    assert_eq!(crate::measure::hex(&plan.digest()), oracle);
 
     let mut ops = RecordingOps::snp_host();
     SnpLauncher::new(&mut ops).launch(&plan, &cfg()).unwrap();
@@ -615,7 +526,10 @@ fn o5_igvm_sequence_matches_the_plan_and_the_igvm_crate_digest() {
         ]
     );
     assert_eq!(updates_as_list(&ops), plan_update_list(&plan));
-    assert_eq!(digest_of_recorded(&ops, &plan), oracle);
+    assert_eq!(
+        crate::measure::hex(&digest_of_recorded(&ops, &plan)),
+        oracle
+    );
     // REQUIRED_MEMORY gets no LAUNCH_UPDATE but lies in memory made private.
     let private = ops
         .calls
