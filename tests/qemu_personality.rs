@@ -183,14 +183,7 @@ fn the_managers_plain_argument_set_boots_the_probe() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let child = Command::new(symlinked_qemu().path())
-        .args(&args)
-        .env("CVMM_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_qemu(&args, "warn");
     let start = Instant::now();
     let reply = loop {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
