@@ -22,6 +22,8 @@ pub(crate) struct DhcpReply {
     pub payload: Vec<u8>,
     pub dst_ip: Ipv4Addr,
     pub dst_mac: EthernetAddress,
+    /// An ACK that gives the client 10.0.2.15.
+    pub leased: bool,
 }
 
 /// The fields of a client message the server acts on.
@@ -94,7 +96,9 @@ impl DhcpServer {
                 // SELECTING / INIT-REBOOT carry "requested IP"; RENEWING / REBINDING carry ciaddr.
                 let wanted = req.requested.unwrap_or(req.ciaddr);
                 if wanted == GUEST_IP {
-                    Some(self.reply(&req, DhcpMessageType::Ack))
+                    let mut ack = self.reply(&req, DhcpMessageType::Ack);
+                    ack.leased = true;
+                    Some(ack)
                 } else {
                     Some(self.reply(&req, DhcpMessageType::Nak))
                 }
@@ -187,6 +191,7 @@ impl DhcpServer {
             payload,
             dst_ip,
             dst_mac,
+            leased: false,
         }
     }
 }

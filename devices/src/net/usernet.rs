@@ -63,7 +63,19 @@ pub struct UserNet {
     phase_sink: Option<PhaseSink>,
     seen_guest_frame: bool,
     seen_accept: bool,
+    /// The guest has sent from 10.0.2.15: its address is configured.
+    guest_up: bool,
+    /// After a DHCP ACK, until the guest sends from 10.0.2.15 or this deadline passes: ask
+    /// for 10.0.2.15 by ARP every [`ADDRESS_PROBE_EVERY`], and when to ask next. The guest
+    /// applies its lease a little after the ACK; a forwarded connect waiting for it would
+    /// otherwise wait for smoltcp's next ARP request, 1 s after its last.
+    address_probe: Option<(Instant, Instant)>,
 }
+
+/// How often the guest's address is asked for by ARP after its DHCP ACK.
+const ADDRESS_PROBE_EVERY: Duration = Duration::from_millis(20);
+/// For how long after the ACK.
+const ADDRESS_PROBE_FOR: Duration = Duration::from_secs(3);
 
 /// Told, once each, the first guest frame (`net_first_guest_frame`) and the first connection
 /// accepted on a port forward (`fwd_first_accept`): phases of a boot timeline.
@@ -143,6 +155,8 @@ impl UserNet {
             phase_sink: None,
             seen_guest_frame: false,
             seen_accept: false,
+            guest_up: false,
+            address_probe: None,
             epoch,
             next_token,
             ip_ident: 0,
@@ -185,8 +199,16 @@ impl UserNet {
             tracing::trace!(len = frame.len(), "dropping malformed guest frame");
             return;
         };
+        let sender = match parsed {
+            Frame::Arp { sender, .. } => sender,
+            Frame::Ipv4 { src, .. } => src,
+        };
+        if sender == GUEST_IP && !self.guest_up {
+            tracing::debug!(mac = %src_mac, "the guest's address 10.0.2.15 is up");
+            self.guest_up = true;
+        }
         match parsed {
-            Frame::Arp { op, target } => {
+            Frame::Arp { op, target, .. } => {
                 // Answer only for our own addresses (smoltcp with AnyIP would answer all).
                 let ours = target == GATEWAY_IP || target == DNS_IP;
                 if op == ArpOperation::Reply || (op == ArpOperation::Request && ours) {
@@ -206,6 +228,30 @@ impl UserNet {
         }
     }
 
+    /// Asks the guest for 10.0.2.15 by ARP while an address probe runs and is due.
+    fn probe_guest_address(&mut self, now: Instant) {
+        let Some((until, next)) = self.address_probe else {
+            return;
+        };
+        if self.guest_up || now >= until {
+            self.address_probe = None;
+            return;
+        }
+        let Some(mac) = self.guest_mac else {
+            return;
+        };
+        if now >= next {
+            let a = Addrs {
+                src_mac: EthernetAddress(GATEWAY_MAC),
+                dst_mac: mac,
+                src: GATEWAY_IP,
+                dst: GUEST_IP,
+            };
+            self.dev.push_to_guest(wire::arp(ArpOperation::Request, &a));
+            self.address_probe = Some((until, now + ADDRESS_PROBE_EVERY));
+        }
+    }
+
     fn guest_ipv4(
         &mut self,
         frame: &[u8],
@@ -221,6 +267,11 @@ impl UserNet {
                 payload,
             } if src_port == DHCP_CLIENT_PORT => {
                 if let Some(reply) = self.dhcp.handle(payload) {
+                    if reply.leased && !self.guest_up {
+                        let now = Instant::now();
+                        let first = now + ADDRESS_PROBE_EVERY;
+                        self.address_probe = Some((now + ADDRESS_PROBE_FOR, first));
+                    }
                     let a = Addrs {
                         src_mac: EthernetAddress(GATEWAY_MAC),
                         dst_mac: reply.dst_mac,
@@ -388,6 +439,7 @@ impl UserNet {
     /// Does all work that is possible now without blocking: accepts forwarded connections,
     /// finishes host connects, runs smoltcp and moves data between smoltcp and host sockets.
     pub fn poll(&mut self, now: Instant) {
+        self.probe_guest_address(now);
         let ts = self.smol_now(now);
         let mut next = self.next_token;
         let mut token = || {
@@ -447,7 +499,8 @@ impl UserNet {
             .iface
             .poll_delay(ts, &self.sockets)
             .map(|d| Duration::from_micros(d.total_micros()));
-        for deadline in [self.tcp.next_deadline(), self.udp.next_deadline()]
+        let probe = self.address_probe.map(|(_, next)| next);
+        for deadline in [self.tcp.next_deadline(), self.udp.next_deadline(), probe]
             .into_iter()
             .flatten()
         {

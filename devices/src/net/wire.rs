@@ -18,6 +18,7 @@ const MTU: usize = MAX_FRAME - ETH_HDR;
 pub(crate) enum Frame<'a> {
     Arp {
         op: ArpOperation,
+        sender: Ipv4Addr,
         target: Ipv4Addr,
     },
     Ipv4 {
@@ -65,10 +66,12 @@ pub(crate) fn parse(frame: &[u8]) -> Option<(EthernetAddress, Frame<'_>)> {
             match ArpRepr::parse(&arp).ok()? {
                 ArpRepr::EthernetIpv4 {
                     operation,
+                    source_protocol_addr,
                     target_protocol_addr,
                     ..
                 } => Frame::Arp {
                     op: operation,
+                    sender: source_protocol_addr,
                     target: target_protocol_addr,
                 },
                 _ => return None,
@@ -218,4 +221,28 @@ pub(crate) fn tcp_rst(a: &Addrs, seg: &TcpInfo, ident: u16) -> Vec<u8> {
     ipv4_frames(a, IpProtocol::Tcp, &segment, ident)
         .pop()
         .unwrap_or_default()
+}
+
+/// An ARP frame from `a.src_mac`/`a.src` about `a.dst`: a reply to `a.dst_mac`, or a
+/// request (target hardware address zero) sent to `a.dst_mac`.
+pub(crate) fn arp(op: ArpOperation, a: &Addrs) -> Vec<u8> {
+    let target_hw = if op == ArpOperation::Request {
+        EthernetAddress([0; 6])
+    } else {
+        a.dst_mac
+    };
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: op,
+        source_hardware_addr: a.src_mac,
+        source_protocol_addr: a.src,
+        target_hardware_addr: target_hw,
+        target_protocol_addr: a.dst,
+    };
+    let mut buf = vec![0u8; ETH_HDR + arp.buffer_len()];
+    let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+    eth.set_src_addr(a.src_mac);
+    eth.set_dst_addr(a.dst_mac);
+    eth.set_ethertype(EthernetProtocol::Arp);
+    arp.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
+    buf
 }

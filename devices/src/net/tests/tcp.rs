@@ -413,3 +413,101 @@ fn first_guest_frame_and_first_forwarded_connection_are_reported_once() {
         "each phase once, in the order they happened"
     );
 }
+
+/// Whether `frame` is an ARP request for 10.0.2.15.
+fn asks_for_guest_address(frame: &[u8]) -> bool {
+    use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol};
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return false;
+    };
+    if eth.ethertype() != EthernetProtocol::Arp {
+        return false;
+    }
+    let Ok(arp) = ArpPacket::new_checked(eth.payload()) else {
+        return false;
+    };
+    matches!(
+        ArpRepr::parse(&arp),
+        Ok(ArpRepr::EthernetIpv4 { operation: ArpOperation::Request, target_protocol_addr, .. })
+            if target_protocol_addr == crate::net::GUEST_IP
+    )
+}
+
+/// The race at every boot: the manager (or an operator) connects to the forwarded port while
+/// the guest is still running DHCP. The NAT dials at once, its ARP for 10.0.2.15 goes
+/// unanswered, and smoltcp would ask again only 1 s later. After the DHCP ACK the NAT asks
+/// for the address itself until the guest answers, so the SYN follows the applied lease
+/// within a few polls.
+#[test]
+fn forward_connected_before_dhcp_reaches_the_guest_once_it_applies_its_lease() {
+    use smoltcp::socket::dhcpv4;
+    use smoltcp::wire::IpCidr;
+    let (listener, host_port) = local_listener();
+    let fwd = PortForward {
+        listener,
+        guest_port: 7002,
+    };
+    let mut g = Guest::new(config(vec![fwd]), false);
+    let l = g.tcp_socket(64 * 1024);
+    g.tcp(l).listen(7002).unwrap();
+    let client = thread::spawn(move || {
+        let mut c = TcpStream::connect(("127.0.0.1", host_port)).unwrap();
+        c.set_read_timeout(T).unwrap();
+        c.write_all(b"early").unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).unwrap();
+        buf
+    });
+    // Accepted and dialled while the guest has no address: nothing answers.
+    assert!(g.run_until(1000, |g| g.net.stats().tcp_connections == 1));
+    for _ in 0..10 {
+        g.step();
+    }
+    assert_eq!(g.tcp(l).state(), State::Listen);
+
+    // DHCP; like a real client, the guest applies the lease after the poll that took the ACK.
+    let d = g.sockets.add(dhcpv4::Socket::new());
+    let mut lease = None;
+    assert!(g.run_until(500, |g| {
+        if let Some(dhcpv4::Event::Configured(c)) = g.sockets.get_mut::<dhcpv4::Socket>(d).poll() {
+            lease = Some(c.address);
+        }
+        lease.is_some()
+    }));
+    let addr = lease.unwrap();
+    g.iface
+        .update_ip_addrs(|a| a.push(IpCidr::Ipv4(addr)).unwrap());
+    let applied = Instant::now();
+    let mut asked = 0;
+    assert!(
+        g.run_until(2000, |g| {
+            asked += g
+                .dev
+                .rx
+                .iter()
+                .filter(|f| asks_for_guest_address(f))
+                .count();
+            g.tcp(l).state() != State::Listen
+        }),
+        "the forwarded SYN never reached the guest"
+    );
+    let waited = applied.elapsed();
+    // smoltcp alone would wait for its next ARP request, up to 1 s after its first.
+    assert!(
+        waited < Duration::from_millis(500),
+        "the SYN came {waited:?} after the lease was applied"
+    );
+    assert!(
+        asked >= 1,
+        "the NAT did not ask for 10.0.2.15 after the ACK"
+    );
+    let mut got = Vec::new();
+    assert!(g.run_until(1000, |g| {
+        drain(g, l, &mut got);
+        got.len() == 5
+    }));
+    assert_eq!(got, b"early");
+    g.tcp(l).send_slice(b"late").unwrap();
+    assert!(g.run_until(2000, |_| client.is_finished()));
+    assert_eq!(&client.join().unwrap(), b"late");
+}
