@@ -31,6 +31,8 @@ fi
 say "kvm ready uptime=$(uptime_s) nested=$(cat /sys/module/kvm_amd/parameters/nested 2>/dev/null) npt=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null)"
 
 [ -f /etc/rig-env ] && . /etc/rig-env
+# A heartbeat so the host (run-l1.sh --stall) tells a frozen L1 from a slow case.
+( while :; do sleep 20; echo "RIG-L1-ALIVE uptime=$(uptime_s)" >/dev/console; done ) &
 cd /tmp
 sh /case.sh </dev/null >/dev/console 2>&1
 done_rc $?

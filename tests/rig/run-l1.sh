@@ -5,8 +5,13 @@
 # `RIG-` lines of its serial log. Exit 0 only when `RIG-L1-DONE rc=0` appears.
 #
 # Usage: run-l1.sh --case FILE [--add SRC:DEST]... [--env KEY=VAL]...
-#                  [--with-qemu] [--timeout SECS] [--log FILE] [--keep]
-# Env: RIG_CACHE, RIG_L1_MEM (default 2G), RIG_L1_KERNEL (vmlinux|bzImage).
+#                  [--with-qemu] [--timeout SECS] [--stall SECS] [--log FILE] [--keep]
+# --stall SECS: L1 prints a heartbeat every 20 s; none for SECS seconds means
+# L1 froze (e.g. a soft lockup of its vCPUs under TCG): the outer QEMU's
+# threads are reported, it is killed, and run-l1.sh exits 125 (a timeout or a
+# failed case exits 1).
+# Env: RIG_CACHE, RIG_L1_MEM (default 2G), RIG_L1_KERNEL (vmlinux|bzImage),
+#      RIG_L1_APPEND (more L1 kernel parameters, e.g. loglevel=5 for stack traces).
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 
@@ -15,6 +20,7 @@ ADDS=()
 ENVS=()
 WITH_QEMU=0
 TIMEOUT=600
+STALL=0
 LOG=""
 KEEP=0
 QEMU_PID=""
@@ -30,6 +36,7 @@ parse_args() {
             --env) ENVS+=("$2"); shift 2 ;;
             --with-qemu) WITH_QEMU=1; shift ;;
             --timeout) TIMEOUT="$2"; shift 2 ;;
+            --stall) STALL="$2"; shift 2 ;;
             --log) LOG="$2"; shift 2 ;;
             --keep) KEEP=1; shift ;;
             -h|--help) usage ;;
@@ -39,6 +46,7 @@ parse_args() {
     [ -n "$CASE" ] || usage
     [ -f "$CASE" ] || die "case file not found: $CASE"
     [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout wants seconds, got '$TIMEOUT'"
+    [[ "$STALL" =~ ^[0-9]+$ ]] || die "--stall wants seconds, got '$STALL'"
 }
 
 # copy_file SRC ROOT DEST: copy SRC to ROOT/DEST, following symlinks.
@@ -127,7 +135,24 @@ kill_qemu() {
     QEMU_PID=""
 }
 
-# run_outer_qemu INITRD LOG: boot L1; returns 124 on timeout.
+# report_threads PID: each thread of the outer QEMU with its state, the CPU
+# time it used over 2 s and where it sleeps, to tell a deadlock from a spin.
+report_threads() {
+    local pid="$1" t before=() i=0 ticks
+    for t in /proc/"$pid"/task/*; do
+        before+=("$(awk '{ print $14 + $15 }' "$t/stat" 2>/dev/null || echo 0)")
+    done
+    sleep 2
+    for t in /proc/"$pid"/task/*; do
+        ticks=$(awk '{ print $14 + $15 }' "$t/stat" 2>/dev/null || echo 0)
+        log "  thread ${t##*/} $(cat "$t/comm" 2>/dev/null):" \
+            "state $(awk '{ print $3 }' "$t/stat" 2>/dev/null)," \
+            "cpu $(( ticks - ${before[$i]:-0} )) ticks in 2 s, wchan $(cat "$t/wchan" 2>/dev/null)"
+        i=$((i + 1))
+    done
+}
+
+# run_outer_qemu INITRD LOG: boot L1; returns 124 on timeout, 125 on a stall.
 run_outer_qemu() {
     local initrd="$1" log="$2" kernel="$RIG_CACHE/${RIG_L1_KERNEL:-vmlinux}" rc=0
     : >"$log"
@@ -137,15 +162,27 @@ run_outer_qemu() {
         -nodefaults -no-user-config -display none -monitor none -no-reboot \
         -serial "file:$log" \
         -kernel "$kernel" -initrd "$initrd" \
-        -append "console=ttyS0 quiet reboot=t panic=-1" \
+        -append "console=ttyS0 quiet reboot=t panic=-1 ${RIG_L1_APPEND:-}" \
         </dev/null >"$log.qemu" 2>&1 &
     QEMU_PID=$!
-    local deadline=$(( SECONDS + TIMEOUT ))
+    local deadline=$(( SECONDS + TIMEOUT )) beats=0 beat=$SECONDS now
     while kill -0 "$QEMU_PID" 2>/dev/null; do
         if [ "$SECONDS" -ge "$deadline" ]; then
             log "timeout after ${TIMEOUT} s: killing L1"
             kill_qemu
             return 124
+        fi
+        # Heartbeats, not log growth: a locked-up L1 kernel still prints soft-lockup reports.
+        now=$(grep -ac '^RIG-L1-ALIVE' "$log" 2>/dev/null || true)
+        if [ "$now" != "$beats" ]; then
+            beats=$now beat=$SECONDS
+        elif [ "$STALL" -gt 0 ] && [ $(( SECONDS - beat )) -ge "$STALL" ]; then
+            log "stall: no heartbeat from L1 for $STALL s (it beats every 20 s): L1 froze"
+            report_threads "$QEMU_PID"
+            log "last lines of the serial log that are not RIG- lines:"
+            tr -d '\r' <"$log" | grep -av '^RIG-' | tail -n 20 >&2 || true
+            kill_qemu
+            return 125
         fi
         sleep 1
     done
@@ -169,10 +206,11 @@ main() {
     start=$SECONDS
     run_outer_qemu "$initrd" "$LOG" || rc=$?
     log "L1 ended after $(( SECONDS - start )) s (qemu rc=$rc)"
-    grep -a 'RIG-' "$LOG" || true
+    grep -a 'RIG-' "$LOG" | grep -av '^RIG-L1-ALIVE' || true
     if grep -aq '^RIG-L1-DONE rc=0' "$LOG"; then
         return 0
     fi
+    [ "$rc" = 125 ] && { log "FAIL: L1 froze (stall)"; exit 125; }
     [ "$rc" = 0 ] || grep -v 'TCG doesn.t support' "$LOG.qemu" | tail -n 5 >&2 || true
     log "FAIL: no 'RIG-L1-DONE rc=0' in $LOG"
     exit 1
