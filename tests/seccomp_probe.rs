@@ -12,8 +12,12 @@ use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// A directory of its own per boot: tests boot in parallel, and one truncating and rewriting
+/// a shared `f.txt` while another guest reads it can make that read fail.
 fn share() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("cvmm-seccomp-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("cvmm-seccomp-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("f.txt"), b"filtered\n").unwrap();
     dir
@@ -38,7 +42,9 @@ fn boot(mode: &str, selftest: Option<&str>) -> Run {
     if let Some(kind) = selftest {
         cmd.env("CVMM_SECCOMP_SELFTEST", kind);
     }
-    wait_limit(cmd.spawn().unwrap(), LIMIT)
+    let r = wait_limit(cmd.spawn().unwrap(), LIMIT);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
 }
 
 #[test]

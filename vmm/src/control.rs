@@ -391,6 +391,7 @@ mod tests {
         let idle = UnixStream::connect(&path).unwrap();
         assert_eq!(status(&path).unwrap().name, "vm-2");
         drop(idle);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
@@ -457,6 +458,7 @@ mod tests {
         let server = start(&path, "vm-3".into(), Timeline::new(), Box::new(|| {})).unwrap();
         assert_eq!(status(&path).unwrap().name, "vm-3");
         drop(server);
+        let _ = std::fs::remove_file(&path);
         let file = sock("d");
         std::fs::write(&file, b"not a socket").unwrap();
         assert!(start(&file, "x".into(), Timeline::new(), Box::new(|| {})).is_err());
