@@ -32,6 +32,15 @@ enum Command {
     /// Boot-latency benchmark: N runs of `cvmm run ARGS` (and `--vs` another VMM), phase by
     /// phase, as a table, JSON, Markdown and a PNG.
     Bench(crate::bench::BenchArgs),
+    /// Talk to a running VM's control socket (`cvmm run --control PATH`): status (one JSON
+    /// line: name, pid, state, boot phases), powerdown (press its ACPI power button) or stop.
+    Ctl {
+        /// The control socket.
+        socket: PathBuf,
+        /// What to ask.
+        #[arg(value_enum)]
+        op: CtlOp,
+    },
     /// (internal) Run one VM described by a JSON VmSpec; used by `cvmm manager`.
     Vm {
         /// Path of the VmSpec JSON file.
@@ -40,10 +49,17 @@ enum Command {
         /// Seccomp filters: kill (default), log or off.
         #[arg(long, default_value = "kill")]
         seccomp: String,
-        /// Serve the control socket (status, stop) at this path.
+        /// Serve the control socket (status, powerdown, stop) at this path.
         #[arg(long)]
         control: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CtlOp {
+    Status,
+    Powerdown,
+    Stop,
 }
 
 #[derive(Args)]
@@ -112,6 +128,9 @@ struct RunArgs {
     /// not on a list) or off.
     #[arg(long, default_value = "kill")]
     seccomp: String,
+    /// Serve a control socket at this path (status, powerdown, stop; see `cvmm ctl`).
+    #[arg(long)]
+    control: Option<PathBuf>,
     /// Forward a host TCP port to the guest, QEMU hostfwd syntax:
     /// tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT (repeatable).
     #[arg(long = "forward")]
@@ -587,6 +606,25 @@ fn run_vm_with_control(
     }
 }
 
+/// `cvmm ctl SOCKET OP`: one request on a VM's control socket.
+fn ctl(socket: &std::path::Path, op: CtlOp) -> ExitCode {
+    let done = match op {
+        CtlOp::Status => vmm::control::status(socket).map(|s| {
+            let line = serde_json::to_string(&s).unwrap_or_default();
+            stdout_text(&format!("{line}\n"));
+        }),
+        CtlOp::Powerdown => vmm::control::powerdown(socket),
+        CtlOp::Stop => vmm::control::stop(socket),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cvmm: error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
 fn manager() -> ExitCode {
     let config = match api::ManagerConfig::from_env() {
         Ok(c) => c,
@@ -714,12 +752,13 @@ pub fn main() -> ExitCode {
         Command::Run(args) => {
             let seccomp = args.seccomp.clone();
             let dump = args.dump_acpi.clone();
+            let control = args.control.clone();
             match args.into_spec() {
                 Ok(spec) => match &dump {
                     Some(dir) => dump_acpi(&spec, dir),
                     None => {
                         timeline.mark("args_parsed");
-                        run_vm(spec, timeline, &seccomp)
+                        run_vm_with_control(spec, timeline, &seccomp, control.as_deref())
                     }
                 },
                 Err(msg) => {
@@ -747,6 +786,7 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EXIT_INPUT)
             }
         },
+        Command::Ctl { socket, op } => ctl(&socket, op),
         Command::Vm {
             spec,
             seccomp,

@@ -248,3 +248,71 @@ fn the_manager_in_log_mode_survives_the_same_call() {
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(manager_state_dir("log"));
 }
+
+/// `cvmm run --control SOCK` with `cvmm ctl SOCK status|powerdown|stop` (filters in kill
+/// mode): status is one JSON line with the VM's pid and phases, powerdown presses the button
+/// (`power_button` phase), stop ends the VM as SIGTERM does; afterwards ctl names the socket
+/// it could not reach and exits 1.
+#[test]
+fn cvmm_ctl_drives_a_foreground_vm_through_its_control_socket() {
+    if !kvm_available("tier B cvmm ctl") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cvmm-ctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("vm.sock");
+    let sock_arg = sock.to_str().unwrap();
+    let child = Command::new(cvmm())
+        .args(["run", "--kernel"])
+        .arg(probe("pvh"))
+        .args([
+            "--append",
+            "probe.exit=halt",
+            "--memory",
+            "128M",
+            "--net",
+            "none",
+        ])
+        .args(["--serial", "none", "--control", sock_arg])
+        .env("CVMM_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status_with = |phase: &str| -> Option<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = run_cvmm(&["ctl", sock_arg, "status"], LIMIT);
+            if r.code == Some(0) {
+                let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+                let phases = v["phases"].as_array().cloned().unwrap_or_default();
+                if phases.iter().any(|p| p["phase"] == phase) {
+                    return Some(v);
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let v = status_with("debug_port:0x60").expect("ctl status shows the probe ready");
+    assert_eq!(v["pid"], child.id());
+    assert_eq!(v["state"], "running");
+    let r = run_cvmm(&["ctl", sock_arg, "powerdown"], LIMIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    status_with("power_button").expect("the press reached the VM's button");
+    let r = run_cvmm(&["ctl", sock_arg, "stop"], LIMIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let vm = wait_limit(child, LIMIT);
+    assert_eq!(vm.code, Some(128 + libc::SIGTERM), "{}", vm.stderr);
+    let r = run_cvmm(&["ctl", sock_arg, "status"], LIMIT);
+    assert_eq!(r.code, Some(1));
+    assert!(
+        r.stderr.contains(sock_arg),
+        "names the socket: {}",
+        r.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
