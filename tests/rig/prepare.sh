@@ -103,6 +103,8 @@ build_l2_initrd() {
     rm -rf "$root"
     add_busybox "$root"
     add_modules "$root" "$kver" "${L2_MODULES[@]}"
+    # Loaded only by l2-cases/powerbutton.sh: the ACPI button driver and the input events it sends.
+    add_module_list rig-modules-button "$root" "$kver" button evdev
     install -m 0755 "$RIG_DIR/l2-init.sh" "$root/init"
     install -D -m 0755 "$RIG_DIR/l2-udhcpc.sh" "$root/etc/udhcpc/default.script"
     mkdir -p "$root/l2-cases"

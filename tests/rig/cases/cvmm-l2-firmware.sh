@@ -4,7 +4,10 @@
 #     power button (ACPI0013 bound to its driver, PNP0C0C); OVMF boots see the fixed one;
 #  2. Debian's unified OVMF.fd as a ROM (--firmware), the bzImage handed over by fw_cfg;
 #  3. OVMF_CODE_4M.fd + a copy of OVMF_VARS_4M.fd as CFI flash (--firmware-code/-vars):
-#     the variable store on disk changes (OVMF writes its boot variables).
+#     the variable store on disk changes (OVMF writes its boot variables);
+#  4. the power button pressed with `cvmm ctl SOCK powerdown` on direct boot (GED) and under
+#     OVMF (fixed feature): the guest's button driver delivers KEY_POWER, the guest powers off
+#     (l2-cases/powerbutton.sh does what acpid would) and cvmm exits 0.
 # Firmware boots use 1 vCPU (firmware SMP start-up livelocks the rig, test-environment.md).
 # Needs run-l1.sh --add <cvmm>:/bin/cvmm and the OVMF images under /l2/ (run-tier-c.sh adds
 # them). RIG_FW_QEMU=1 also boots QEMU q35 + OVMF.fd for comparison (it has crashed the
@@ -41,14 +44,52 @@ button_check() {
     pass "$1-button"
 }
 
+# press_check NAME CVMM-RUN-ARGS...: boot with rig.l2=powerbutton and a control socket; once
+# the guest waits for the button, press it with `cvmm ctl`; the guest must read KEY_POWER and
+# power off, so cvmm exits 0.
+press_check() {
+    name="$1"
+    shift
+    sock=/tmp/$name.sock
+    rm -f "$sock"
+    timeout "$FW_TIMEOUT" cvmm run "$@" --append "$L2_APPEND rig.l2=powerbutton" \
+        --control "$sock" </dev/null >"/tmp/$name.log" 2>&1 &
+    pid=$!
+    pressed=0
+    while alive $pid; do
+        if [ $pressed = 0 ] && grep -q 'RIG-L2: powerbutton waiting' "/tmp/$name.log"; then
+            if cvmm ctl "$sock" powerdown >/dev/null 2>>"/tmp/$name.ctl"; then
+                pressed=1
+                t_press=$(now_ms)
+            fi
+        fi
+        usleep 100000
+    done
+    wait $pid
+    vrc=$?
+    line=$(grep -a 'RIG-L2: powerbutton ' "/tmp/$name.log" | tail -n 1)
+    if [ $pressed = 1 ] && echo "$line" | grep -q 'pressed type=1 code=116' && [ $vrc = 0 ]; then
+        result "$name press_to_exit_ms=$(( $(now_ms) - t_press )) $line"
+        pass "$name"
+    else
+        fail "$name" "pressed=$pressed vmm_rc=$vrc guest: ${line:-no powerbutton line} $(head -c 200 "/tmp/$name.ctl" 2>/dev/null)"
+        return 1
+    fi
+}
+
 name=cvmm-fw-direct-acpi
 run_l2 $name 240 cvmm run --kernel /l2/vmlinux --initrd /l2/initrd.cpio.gz \
     --append "$FW_APPEND" --smp 2 --memory 512M --net none --serial stdio
 check_l2_boot $name 2 && acpi_check $name "APIC DSDT FACP MCFG" 0 \
     && button_check $name "ACPI0013 PNP0C0C" 1 || rc=1
 
+press_check cvmm-fw-direct-powerbutton --kernel /l2/vmlinux --initrd /l2/initrd.cpio.gz \
+    --smp 2 --memory 512M --net none --serial stdio || rc=1
+
 RIG_L2_IMAGE=bzImage
 if [ -f /l2/OVMF.fd ]; then
+    press_check cvmm-fw-ovmf-powerbutton --firmware /l2/OVMF.fd --kernel /l2/bzImage \
+        --initrd /l2/initrd.cpio.gz --smp 1 --memory 512M --net none --serial stdio || rc=1
     name=cvmm-fw-ovmf-rom
     run_l2 $name "$FW_TIMEOUT" cvmm run --firmware /l2/OVMF.fd --kernel /l2/bzImage \
         --initrd /l2/initrd.cpio.gz --append "$FW_APPEND" --smp 1 --memory 512M --net none \

@@ -58,16 +58,21 @@ module_paths() {
 # the initramfs tree ROOT and write ROOT/etc/rig-modules (load order, one
 # path per line, relative to /).
 add_modules() {
-    local root="$1" kver="$2" path rel
-    shift 2
+    add_module_list rig-modules "$@"
+}
+
+# add_module_list NAME ROOT KVER MODULE...: as add_modules, listed in ROOT/etc/NAME.
+add_module_list() {
+    local list="$1" root="$2" kver="$3" path rel
+    shift 3
     mkdir -p "$root/etc"
-    : >"$root/etc/rig-modules"
+    : >"$root/etc/$list"
     while read -r path; do
         [ -n "$path" ] || continue
         rel="${path#"$KROOT"}"
         mkdir -p "$root$(dirname "$rel")"
         cp "$path" "$root$rel"
-        echo "$rel" >>"$root/etc/rig-modules"
+        echo "$rel" >>"$root/etc/$list"
     done < <(module_paths "$kver" "$@")
 }
 
