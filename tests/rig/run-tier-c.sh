@@ -19,7 +19,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 
 # The cases of cases/tier-c.sh, in order (CASE or CASE:ARG).
-ALL_CASES="compare-l2-boot cvmm-l2-cocos cvmm-manager cvmm-l2-firmware cvmm-l2-split cvmm-l2-igvm cvmm-l2-cocos:qemu-ovmf"
+ALL_CASES="compare-l2-boot cvmm-l2-cocos cvmm-manager cvmm-l2-firmware cvmm-l2-split cvmm-l2-igvm cvmm-l2-cocos:qemu-ovmf cvmm-manager:uefi"
 
 main() {
     local bin log rc=0 passed failed

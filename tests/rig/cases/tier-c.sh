@@ -4,14 +4,15 @@
 # (direct-boot ACPI, OVMF as ROM and as CFI flash), the split irqchip (cvmm's
 # IOAPIC next to KVM's), the IGVM-wrapped stock kernel (--igvm) and the Go
 # manager's plain argument set through cvmm's QEMU personality with OVMF as
-# pflash (cvmm-l2-cocos:qemu-ovmf). Needs --with-qemu, --add <cvmm>:/bin/cvmm,
+# pflash (cvmm-l2-cocos:qemu-ovmf) and the manager booting its VM through OVMF
+# (cvmm-manager:uefi). Needs --with-qemu, --add <cvmm>:/bin/cvmm,
 # --add <manager_client>:/bin/manager_client, the OVMF images and
 # /l2/vmlinux.igvm (run-tier-c.sh adds them).
 # RIG_TIER_C_CASES: the cases to run (CASE or CASE:ARG), default all in order;
 # `RIG-CASE <case>` is printed before each so the host knows where a session stopped.
 rc=0
 for c in ${RIG_TIER_C_CASES:-compare-l2-boot cvmm-l2-cocos cvmm-manager cvmm-l2-firmware \
-    cvmm-l2-split cvmm-l2-igvm cvmm-l2-cocos:qemu-ovmf}; do
+    cvmm-l2-split cvmm-l2-igvm cvmm-l2-cocos:qemu-ovmf cvmm-manager:uefi}; do
     echo "RIG-CASE $c"
     case "$c" in
         *:*) sh "/lib/rig/cases/${c%%:*}.sh" "${c#*:}" || rc=1 ;;

@@ -39,6 +39,7 @@ else
 fi
 certs=$(ls -l /etc/certs 2>/dev/null | awk 'NF >= 9 { printf "%s:%s ", $9, $5 }')
 echo "RIG-L2: cocos certs=[${certs% }]"
+echo "RIG-L2: cocos boot efi=$([ -d /sys/firmware/efi ] && echo 1 || echo 0)"
 missing=""
 for f in cert.pem key.pem ca.pem; do
     [ -f "/etc/certs/$f" ] || missing="$missing $f"
