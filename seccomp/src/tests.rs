@@ -307,3 +307,50 @@ fn quote_workers_reach_a_qgs_and_signal_msis_but_nothing_else() {
     });
     assert!(killed_by_sigsys(st), "status {st:#x}");
 }
+
+/// The quote worker's bounded connect (tee::quote): a socket made non-blocking with fcntl,
+/// connect, poll for the time left, SO_ERROR, a short sleep between tries, blocking again.
+#[test]
+fn quote_workers_connect_under_a_deadline() {
+    let st = in_filtered_child(ThreadKind::Quote, Mode::Kill, || {
+        // SAFETY: raw syscalls on a socket this child owns, with valid local arguments; the
+        // connect to 127.0.0.1:1 may fail (refused); only whether the calls are allowed matters.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_port = 1u16.to_be();
+            sa.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+            libc::connect(
+                fd,
+                &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN | libc::POLLOUT,
+                revents: 0,
+            };
+            libc::poll(&mut p, 1, 1);
+            let mut err: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            );
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 1_000_000,
+            };
+            libc::nanosleep(&ts, std::ptr::null_mut());
+            libc::fcntl(fd, libc::F_SETFL, flags);
+            libc::close(fd);
+        }
+    });
+    assert!(exited_ok(st), "status {st:#x}");
+}

@@ -4,13 +4,14 @@
 //! `{u16 major = 1, u16 minor = 1, u32 type, u32 size, u32 error_code}`; GET_QUOTE_REQ adds
 //! `{u32 report_size, u32 id_list_size}` + report, GET_QUOTE_RESP `{u32 selected_id_size,
 //! u32 quote_size}` + quote). The QGS listens on vsock CID 2 port 4050; `unix:PATH` and
-//! `tcp:HOST:PORT` are accepted too. One deadline bounds the whole exchange after the connect
-//! (every write and read waits only for the time left), so a QGS that accepts and then stays
-//! silent or trickles its answer ends in an error status, not a worker held forever.
+//! `tcp:HOST:PORT` are accepted too. One deadline bounds the whole exchange, connect included
+//! (the connect and every write and read wait only for the time left), so a QGS that never
+//! accepts, or accepts and then stays silent or trickles its answer, ends in an error status,
+//! not a worker held forever. A vsock connect is bounded by the kernel (2 s by default).
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -18,6 +19,8 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockAddr, Socket, Type};
 
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -262,12 +265,55 @@ fn connect_vsock(cid: u32, port: u32) -> io::Result<std::fs::File> {
     Ok(std::fs::File::from(fd))
 }
 
-fn connect(addr: &QgsAddr) -> io::Result<Box<dyn Stream>> {
+fn connect(addr: &QgsAddr, deadline: Instant) -> io::Result<Box<dyn Stream>> {
     Ok(match addr {
         QgsAddr::Vsock { cid, port } => Box::new(connect_vsock(*cid, *port)?),
-        QgsAddr::Unix(p) => Box::new(UnixStream::connect(p)?),
-        QgsAddr::Tcp(a) => Box::new(TcpStream::connect(a.as_str())?),
+        QgsAddr::Unix(p) => {
+            let s = connect_by(Domain::UNIX, &SockAddr::unix(p)?, deadline)?;
+            Box::new(UnixStream::from(OwnedFd::from(s)))
+        }
+        QgsAddr::Tcp(a) => {
+            let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
+            for sa in a.as_str().to_socket_addrs()? {
+                match connect_by(Domain::for_address(sa), &sa.into(), deadline) {
+                    Ok(s) => return Ok(Box::new(TcpStream::from(OwnedFd::from(s)))),
+                    Err(e) => last = e,
+                }
+            }
+            return Err(last);
+        }
     })
+}
+
+/// A stream socket connected to `addr` by `deadline`, blocking again afterwards. A TCP
+/// connect waits in poll(2) for the time left; a unix socket whose listener's queue is full
+/// (EAGAIN: that QGS accepts nothing) is tried again every 10 ms until the deadline.
+fn connect_by(domain: Domain, addr: &SockAddr, deadline: Instant) -> io::Result<Socket> {
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "connect: the QGS deadline passed");
+    let s = Socket::new(domain, Type::STREAM, None)?;
+    if domain != Domain::UNIX {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        s.connect_timeout(addr, left)?;
+        return Ok(s);
+    }
+    s.set_nonblocking(true)?;
+    loop {
+        match s.connect(addr) {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(timed_out());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    s.set_nonblocking(false)?;
+    Ok(s)
 }
 
 /// A QGS connection whose reads and writes share one deadline: before each call the socket's
@@ -313,8 +359,8 @@ impl Write for DeadlineStream {
     }
 }
 
-/// Sends a TDREPORT to the QGS and returns the quote (at most `max_len` bytes). After the
-/// connect, the whole exchange (request out, answer in) must finish within `deadline`.
+/// Sends a TDREPORT to the QGS and returns the quote (at most `max_len` bytes). The whole
+/// exchange (connect, request out, answer in) must finish within `deadline`.
 pub fn request_quote(
     addr: &QgsAddr,
     report: &[u8],
@@ -322,13 +368,23 @@ pub fn request_quote(
     deadline: Duration,
 ) -> Result<Vec<u8>, QuoteError> {
     let name = addr.to_string();
-    let inner = connect(addr).map_err(|source| QuoteError::Unavailable {
-        addr: name.clone(),
-        source,
+    let until = Instant::now() + deadline;
+    let inner = connect(addr, until).map_err(|source| {
+        if source.kind() == io::ErrorKind::TimedOut {
+            QuoteError::Timeout {
+                addr: name.clone(),
+                deadline,
+            }
+        } else {
+            QuoteError::Unavailable {
+                addr: name.clone(),
+                source,
+            }
+        }
     })?;
     let mut s = DeadlineStream {
         inner,
-        deadline: Instant::now() + deadline,
+        deadline: until,
     };
     // A socket timeout (EAGAIN) or the deadline itself: both mean the time ran out.
     let io_err = |s: &DeadlineStream, source: io::Error| {

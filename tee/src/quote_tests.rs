@@ -389,3 +389,34 @@ fn the_deadline_error_names_the_qgs_and_the_deadline() {
     );
     server.join().unwrap();
 }
+
+/// A QGS whose listen queue is full (backlog 0, one connection already waiting, nothing
+/// accepted): a blocking connect would wait forever. The connect is under the deadline too,
+/// so the request ends in a timeout naming the QGS.
+#[test]
+fn a_qgs_that_accepts_nothing_times_out_at_the_connect() {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    const DEADLINE: Duration = Duration::from_millis(300);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qgs.sock");
+    let listener = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+    listener.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+    listener.listen(0).unwrap();
+    let _queued = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let addr = QgsAddr::Unix(path);
+    let (tx, rx) = mpsc::channel();
+    let t0 = std::time::Instant::now();
+    thread::spawn(move || {
+        let _ = tx.send(request_quote(&addr, b"report", 100, DEADLINE));
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the connect to a QGS that accepts nothing is not bounded");
+    let took = t0.elapsed();
+    let e = r.unwrap_err();
+    assert!(matches!(e, QuoteError::Timeout { .. }), "{e:?}");
+    assert_eq!(e.status(), GET_QUOTE_ERROR);
+    assert!(e.to_string().contains("qgs.sock"), "{e}");
+    assert!(took >= DEADLINE, "gave up after {took:?}");
+    drop(listener);
+}
