@@ -18,9 +18,6 @@
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 
-# The cases of cases/tier-c.sh, in order (CASE or CASE:ARG).
-ALL_CASES="compare-l2-boot cvmm-l2-cocos cvmm-manager cvmm-l2-firmware cvmm-l2-split cvmm-l2-igvm cvmm-l2-cocos:qemu-ovmf cvmm-manager:uefi"
-
 main() {
     local bin log rc=0 passed failed
     "$RIG_DIR/prepare.sh"
@@ -47,7 +44,7 @@ main() {
     # L1's vCPUs under the outer TCG) is a rig failure, not a verdict on the case it was
     # running: that case and the ones after it get one fresh session. Its results count
     # only from the fresh session; a second freeze fails tier C.
-    local cases="$ALL_CASES" session=1 counted
+    local cases="" session=1 counted
     counted="$RIG_CACHE/tier-c-results.txt"
     : >"$counted"
     while :; do
@@ -56,14 +53,18 @@ main() {
         rc=0
         run_session "$bin" "$log" "$cases" "$@" || rc=$?
         if [ "$rc" = 125 ] && [ "$session" = 1 ]; then
-            local stuck rest
+            local all stuck rest=""
+            # tier-c.sh prints its case list first; without it (L1 froze before), run them all.
+            all=$(tr -d '\r' <"$log" | sed -n 's/^RIG-CASES //p' | head -n 1)
             stuck=$(tr -d '\r' <"$log" | sed -n 's/^RIG-CASE //p' | tail -n 1)
-            [ -n "$stuck" ] || stuck=${cases%% *}
-            rest=$(echo "$cases" | tr ' ' '\n' | sed -n "/^${stuck}\$/,\$p" | tr '\n' ' ')
-            rest=${rest% }
-            # Keep what finished before the frozen case.
-            tr -d '\r' <"$log" | sed "/^RIG-CASE ${stuck}\$/,\$d" >>"$counted"
-            echo "RIG-RETRY tier-c-l1: L1 froze during case $stuck; a fresh session runs: $rest"
+            if [ -n "$stuck" ]; then
+                rest=$(echo "$all" | tr ' ' '\n' | sed -n "/^${stuck}\$/,\$p" | tr '\n' ' ')
+                rest=${rest% }
+            fi
+            # Keep what finished before the frozen case (nothing when all cases run again).
+            [ -z "$rest" ] || tr -d '\r' <"$log" | sed "/^RIG-CASE ${stuck}\$/,\$d" >>"$counted"
+            echo "RIG-RETRY tier-c-l1: L1 froze during case ${stuck:-(none yet)};" \
+                "a fresh session runs: ${rest:-all cases}"
             cases=$rest session=2
             continue
         fi
@@ -80,10 +81,12 @@ main() {
     [ "$failed" = 0 ] && [ "$passed" -gt 0 ] || exit 1
 }
 
-# run_session BIN LOG CASES [run-l1.sh options]: one L1 session running CASES of cases/tier-c.sh.
+# run_session BIN LOG CASES [run-l1.sh options]: one L1 session running CASES of
+# cases/tier-c.sh (empty: all of them).
 run_session() {
     local bin="$1" log="$2" cases="$3"
     shift 3
+    [ -z "$cases" ] || set -- --env "RIG_TIER_C_CASES=$cases" "$@"
     "$RIG_DIR/run-l1.sh" --case "$RIG_DIR/cases/tier-c.sh" --with-qemu \
         --add "$bin/cvmm:/bin/cvmm" \
         --add "$bin/examples/manager_client:/bin/manager_client" \
@@ -91,7 +94,6 @@ run_session() {
         --add /usr/share/OVMF/OVMF_CODE_4M.fd:/l2/OVMF_CODE_4M.fd \
         --add /usr/share/OVMF/OVMF_VARS_4M.fd:/l2/OVMF_VARS_4M.fd \
         --add "$RIG_CACHE/vmlinux.igvm:/l2/vmlinux.igvm" \
-        --env "RIG_TIER_C_CASES=$cases" \
         --timeout "${RIG_TIER_C_TIMEOUT:-1500}" --stall "${RIG_TIER_C_STALL:-120}" \
         --log "$log" "$@"
 }

@@ -8,11 +8,14 @@
 # (cvmm-manager:uefi). Needs --with-qemu, --add <cvmm>:/bin/cvmm,
 # --add <manager_client>:/bin/manager_client, the OVMF images and
 # /l2/vmlinux.igvm (run-tier-c.sh adds them).
-# RIG_TIER_C_CASES: the cases to run (CASE or CASE:ARG), default all in order;
-# `RIG-CASE <case>` is printed before each so the host knows where a session stopped.
+# RIG_TIER_C_CASES: the cases to run (CASE or CASE:ARG), default all below in order. The list
+# is printed first (`RIG-CASES ...`), then `RIG-CASE <case>` before each case, so the host
+# knows where a session stopped (run-tier-c.sh).
 rc=0
-for c in ${RIG_TIER_C_CASES:-compare-l2-boot cvmm-l2-cocos cvmm-manager cvmm-l2-firmware \
-    cvmm-l2-split cvmm-l2-igvm cvmm-l2-cocos:qemu-ovmf cvmm-manager:uefi}; do
+cases=${RIG_TIER_C_CASES:-compare-l2-boot cvmm-l2-cocos cvmm-manager cvmm-l2-firmware \
+    cvmm-l2-split cvmm-l2-igvm cvmm-l2-cocos:qemu-ovmf cvmm-manager:uefi}
+echo "RIG-CASES" $cases
+for c in $cases; do
     echo "RIG-CASE $c"
     case "$c" in
         *:*) sh "/lib/rig/cases/${c%%:*}.sh" "${c#*:}" || rc=1 ;;
