@@ -8,8 +8,9 @@
 #                  [--with-qemu] [--timeout SECS] [--stall SECS] [--log FILE] [--keep]
 # --stall SECS: L1 prints a heartbeat every 20 s; none for SECS seconds means
 # L1 froze (e.g. a soft lockup of its vCPUs under TCG): the outer QEMU's
-# threads are reported, it is killed, and run-l1.sh exits 125 (a timeout or a
-# failed case exits 1).
+# threads are reported, it is killed, and run-l1.sh exits 125. An L1 that ends
+# without finishing and with a kernel crash in its log (BUG, Oops, panic) exits
+# 126. A timeout or a failed case exits 1.
 # Env: RIG_CACHE, RIG_L1_MEM (default 2G), RIG_L1_KERNEL (vmlinux|bzImage),
 #      RIG_L1_APPEND (more L1 kernel parameters, e.g. loglevel=5 for stack traces).
 set -euo pipefail
@@ -25,6 +26,8 @@ LOG=""
 KEEP=0
 QEMU_PID=""
 WORK=""
+# Kernel messages of an L1 crash (Oops, BUG, panic).
+L1_CRASH='(BUG: |Oops: |general protection fault|Kernel panic)'
 
 usage() { sed -n '/^# Usage/,/^# Env/s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
@@ -211,6 +214,11 @@ main() {
         return 0
     fi
     [ "$rc" = 125 ] && { log "FAIL: L1 froze (stall)"; exit 125; }
+    # L1 ended by itself without finishing: its kernel crashed (panic=-1 reboots, -no-reboot ends QEMU).
+    if [ "$rc" = 0 ] && tr -d '\r' <"$LOG" | grep -aqE "$L1_CRASH"; then
+        log "FAIL: L1's kernel crashed: $(tr -d '\r' <"$LOG" | grep -aE -m 1 "$L1_CRASH")"
+        exit 126
+    fi
     [ "$rc" = 0 ] || grep -v 'TCG doesn.t support' "$LOG.qemu" | tail -n 5 >&2 || true
     log "FAIL: no 'RIG-L1-DONE rc=0' in $LOG"
     exit 1

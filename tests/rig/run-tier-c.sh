@@ -13,8 +13,9 @@
 #      QEMU to use instead of building one), RIG_TIER_C_TIMEOUT
 #      (seconds for the L1 session, default 1500), RIG_TIER_C_STALL (seconds
 #      without L1's heartbeat that mean L1 froze, default 120; the cases from the
-#      frozen one on get one fresh session), RIG_BIN_DIR (skip the build and take
-#      cvmm and examples/manager_client from this directory).
+#      frozen or crashed one on run again in a fresh session), RIG_TIER_C_RETRIES
+#      (at most this many fresh sessions, default 2), RIG_BIN_DIR (skip the build
+#      and take cvmm and examples/manager_client from this directory).
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 
@@ -41,10 +42,14 @@ main() {
     "$bin/examples/mkigvm" --elf "$RIG_CACHE/vmlinux" --initrd "$RIG_CACHE/l2-initrd.cpio.gz" \
         --out "$RIG_CACHE/vmlinux.igvm" >&2
     # A session whose L1 froze (run-l1.sh exit 125: no heartbeat, e.g. a soft lockup of
-    # L1's vCPUs under the outer TCG) is a rig failure, not a verdict on the case it was
-    # running: that case and the ones after it get one fresh session. Its results count
-    # only from the fresh session; a second freeze fails tier C.
-    local cases="" session=1 counted
+    # L1's vCPUs under the outer TCG) or whose L1 kernel crashed (exit 126) is a rig
+    # failure, not a verdict on the case it was running: that case and the ones after it
+    # run again in a fresh session, whose results are the ones counted. At most
+    # RIG_TIER_C_RETRIES (default 2) fresh sessions; one more rig failure fails tier C.
+    # Cases that fail in a finished session run once more in a fresh session (the rig's
+    # nested TCG has also stalled single L2 guests); their first failures are printed as
+    # RIG-FLAKY lines, and a case that fails again fails tier C.
+    local cases="" session=1 counted rerun_done=0 bad
     counted="$RIG_CACHE/tier-c-results.txt"
     : >"$counted"
     while :; do
@@ -52,8 +57,8 @@ main() {
         [ "$session" = 1 ] || log="$RIG_CACHE/tier-c-l1.session$session.log"
         rc=0
         run_session "$bin" "$log" "$cases" "$@" || rc=$?
-        if [ "$rc" = 125 ] && [ "$session" = 1 ]; then
-            local all stuck rest=""
+        if { [ "$rc" = 125 ] || [ "$rc" = 126 ]; } && [ "$session" -le "${RIG_TIER_C_RETRIES:-2}" ]; then
+            local all stuck what rest=""
             # tier-c.sh prints its case list first; without it (L1 froze before), run them all.
             all=$(tr -d '\r' <"$log" | sed -n 's/^RIG-CASES //p' | head -n 1)
             stuck=$(tr -d '\r' <"$log" | sed -n 's/^RIG-CASE //p' | tail -n 1)
@@ -61,11 +66,33 @@ main() {
                 rest=$(echo "$all" | tr ' ' '\n' | sed -n "/^${stuck}\$/,\$p" | tr '\n' ' ')
                 rest=${rest% }
             fi
-            # Keep what finished before the frozen case (nothing when all cases run again).
-            [ -z "$rest" ] || tr -d '\r' <"$log" | sed "/^RIG-CASE ${stuck}\$/,\$d" >>"$counted"
-            echo "RIG-RETRY tier-c-l1: L1 froze during case ${stuck:-(none yet)};" \
+            # Keep what finished before the frozen case (nothing when all cases run again);
+            # cases that failed there run again too, once.
+            if [ -n "$rest" ]; then
+                tr -d '\r' <"$log" | sed "/^RIG-CASE ${stuck}\$/,\$d" >"$counted.part"
+                bad=$(failed_cases "$counted.part")
+                if [ -n "$bad" ] && [ "$rerun_done" = 0 ]; then
+                    sed -n 's/^RIG-FAIL /RIG-FLAKY /p' "$counted.part"
+                    without_cases "$bad" <"$counted.part" >>"$counted"
+                    rest="$bad $rest" rerun_done=1
+                else
+                    cat "$counted.part" >>"$counted"
+                fi
+                rm -f "$counted.part"
+            fi
+            what="froze"
+            [ "$rc" = 126 ] && what="crashed"
+            echo "RIG-RETRY tier-c-l1: L1 $what during case ${stuck:-(none yet)} (session $session);" \
                 "a fresh session runs: ${rest:-all cases}"
-            cases=$rest session=2
+            cases=$rest session=$((session + 1))
+            continue
+        fi
+        bad=$(failed_cases "$log")
+        if [ -n "$bad" ] && [ "$rerun_done" = 0 ] && tr -d '\r' <"$log" | grep -aq '^RIG-L1-DONE '; then
+            tr -d '\r' <"$log" | without_cases "$bad" >>"$counted"
+            tr -d '\r' <"$log" | sed -n 's/^RIG-FAIL /RIG-FLAKY /p'
+            echo "RIG-RETRY tier-c-l1: case(s) $bad failed (session $session); a fresh session runs them once more"
+            cases=$bad session=$((session + 1)) rerun_done=1
             continue
         fi
         tr -d '\r' <"$log" >>"$counted"
@@ -79,6 +106,18 @@ main() {
     fi
     echo "tier-c: $passed passed, $failed failed"
     [ "$failed" = 0 ] && [ "$passed" -gt 0 ] || exit 1
+}
+
+# failed_cases LOG: the cases (from their RIG-CASE lines) with a RIG-FAIL line, in order.
+failed_cases() {
+    tr -d '\r' <"$1" | awk '/^RIG-CASE / { c = $2 } /^RIG-FAIL / && c != "" && !seen[c]++ { printf "%s%s", sep, c; sep = " " }'
+}
+
+# without_cases "CASE..." <LOG: the log without the lines of those cases (each from its
+# RIG-CASE line to the next).
+without_cases() {
+    awk -v drop="$1" 'BEGIN { n = split(drop, d, " "); for (i = 1; i <= n; i++) skip[d[i]] = 1 }
+        /^RIG-CASE / { c = $2 } !(c in skip)'
 }
 
 # run_session BIN LOG CASES [run-l1.sh options]: one L1 session running CASES of
