@@ -65,14 +65,24 @@ impl Drop for Manager {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.state);
+        let _ = std::fs::remove_file(log_of(&self.state));
     }
 }
+
+/// How many ports each manager forwards from (`MANAGER_QEMU_HOST_FWD_RANGE`).
+const FWD_PORTS: u16 = 21;
 
 fn start_manager(extra: &[(&str, String)]) -> Manager {
     let state =
         std::env::temp_dir().join(format!("cvmm-mgr-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&state).unwrap();
-    start_manager_in(state, free_port(), free_port(), free_port(), extra)
+    start_manager_in(
+        state,
+        free_port(),
+        free_port(),
+        free_range(FWD_PORTS),
+        extra,
+    )
 }
 
 fn start_manager_in(
@@ -95,28 +105,41 @@ fn start_manager_in(
         .env("MANAGER_VMM_EXE", cvmm())
         .env("MANAGER_VMM_TEE", "none")
         .env("MANAGER_VMM_HOST_FWD_ADDR", "127.0.0.1")
-        .env("MANAGER_QEMU_HOST_FWD_RANGE", format!("{fwd}-{}", fwd + 20))
+        .env(
+            "MANAGER_QEMU_HOST_FWD_RANGE",
+            format!("{fwd}-{}", fwd + FWD_PORTS - 1),
+        )
         .env("MANAGER_QEMU_DISK_IMG_KERNEL_FILE", probe("pvh"))
         .env("MANAGER_QEMU_DISK_IMG_ROOTFS_FILE", &initrd)
         .env("MANAGER_QEMU_MEMORY_SIZE", "128M")
         .env("MANAGER_QEMU_SMP_COUNT", "1")
         .env("CVMM_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(log_of(&state)).unwrap());
     for (k, v) in extra {
         cmd.env(k, v);
     }
     let child = cmd.spawn().unwrap();
-    let m = Manager {
+    let mut m = Manager {
         child,
         grpc,
         http,
         state,
     };
-    wait_for(Duration::from_secs(30), || {
+    let listening = wait_for(Duration::from_secs(30), || {
         std::net::TcpStream::connect(("127.0.0.1", m.grpc)).is_ok()
     });
+    if !listening {
+        let status = m.child.try_wait().unwrap();
+        let log = std::fs::read_to_string(log_of(&m.state)).unwrap_or_default();
+        panic!("the manager is not listening on gRPC port {grpc} after 30 s (exit: {status:?}); its log:\n{log}");
+    }
     m
+}
+
+/// Where a manager's stderr goes: beside its state directory, so it outlives a restart.
+fn log_of(state: &Path) -> PathBuf {
+    state.with_extension("log")
 }
 
 fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -548,7 +571,7 @@ fn a_restarted_manager_re_adopts_running_vms() {
     )];
     let mut m = start_manager(&extra);
     let (grpc, http, state) = (m.grpc, m.http, m.state.clone());
-    let fwd = free_port();
+    let fwd = free_range(FWD_PORTS);
     const SHORT_TTL: Duration = Duration::from_secs(12);
     let (long, short, short_deadline) = rt().block_on(async {
         let mut c = ManagerServiceClient::connect(format!("http://127.0.0.1:{grpc}"))

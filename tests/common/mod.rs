@@ -104,28 +104,49 @@ pub fn wait_limit(mut child: std::process::Child, limit: Duration) -> Run {
     }
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// Ports handed out by this test process: below Linux's ephemeral range (32768 and up), so no
+/// outgoing connection or `bind(0)` anywhere takes one of them between the hand-out and the
+/// manager's bind, and never twice to two tests of this process (a manager's forward range and
+/// another manager's gRPC port used to collide when both came from `bind(0)`).
+const PORT_POOL: std::ops::Range<u16> = 12000..32000;
 
-/// A start port whose range of `len` ports is all bindable now.
-pub fn free_range(len: u16) -> u16 {
-    for _ in 0..200 {
-        let start = free_port();
-        if start.checked_add(len).is_none() {
+/// Reserves `len` consecutive loopback ports, all bindable now and never handed out before by
+/// this process; returns the first.
+fn reserve_ports(len: u16) -> u16 {
+    use std::sync::Mutex;
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let span = PORT_POOL.end - PORT_POOL.start;
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    // Each process starts at its own place in the pool, so two test processes seldom meet.
+    let mut at = next.unwrap_or(PORT_POOL.start + (std::process::id() % u32::from(span)) as u16);
+    let mut scanned = 0u32;
+    while scanned < u32::from(span) {
+        if at.checked_add(len).is_none_or(|end| end > PORT_POOL.end) {
+            scanned += u32::from(PORT_POOL.end - at);
+            at = PORT_POOL.start;
             continue;
         }
-        let held: Vec<_> = (start..start + len)
+        let held: Vec<_> = (at..at + len)
             .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
             .collect();
         if held.len() == usize::from(len) {
-            return start;
+            *next = Some(at + len);
+            return at;
         }
+        let skip = held.len() as u16 + 1;
+        scanned += u32::from(skip);
+        at += skip;
     }
-    panic!("no free port range");
+    panic!("no {len} free loopback ports left in {PORT_POOL:?}");
+}
+
+/// A loopback port that is free now and given to no other test of this process.
+pub fn free_port() -> u16 {
+    reserve_ports(1)
+}
+
+/// A start port whose range of `len` ports is free now and given to no other test of this
+/// process.
+pub fn free_range(len: u16) -> u16 {
+    reserve_ports(len)
 }
