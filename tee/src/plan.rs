@@ -248,12 +248,12 @@ impl LaunchPlan {
         })
     }
 
-    /// Fills every page of every CPUID range with the CPUID page built from `entries` (the
-    /// BSP's CPUID as the VMM gives it to `KVM_SET_CPUID2`, see [`crate::snp_cpuid`]). The PSP
-    /// checks these pages at LAUNCH_UPDATE; their contents are not measured, so the digest does
-    /// not change. Returns the number of pages filled.
+    /// Fills every page of every CPUID range from `entries` (the BSP's CPUID as the VMM gives
+    /// it to `KVM_SET_CPUID2`, see [`crate::snp_cpuid`]): an IGVM template keeps its functions
+    /// and gets their outputs, an empty page gets one function per entry. The PSP checks these
+    /// pages at LAUNCH_UPDATE; their contents are not measured, so the digest does not change.
+    /// Returns the number of pages filled; an error names the page's gpa.
     pub fn fill_cpuid_pages(&mut self, entries: &[KvmCpuidEntry2]) -> Result<usize, TeeError> {
-        let page = crate::snp_cpuid::cpuid_page(entries)?;
         let mut filled = 0;
         for r in self.ranges.iter_mut() {
             if r.page_type != PageType::Cpuid {
@@ -262,7 +262,20 @@ impl LaunchPlan {
             if r.data.len() as u64 != r.len {
                 r.data = PageBuf::zeroed(r.len.div_ceil(PAGE_SIZE as u64) as usize);
             }
-            for chunk in r.data.as_mut_bytes().chunks_exact_mut(PAGE_SIZE) {
+            for (i, chunk) in r
+                .data
+                .as_mut_bytes()
+                .chunks_exact_mut(PAGE_SIZE)
+                .enumerate()
+            {
+                let page =
+                    crate::snp_cpuid::fill_template(chunk, entries).map_err(|e| match e {
+                        TeeError::Input { reason, .. } => {
+                            let gpa = r.gpa + (i * PAGE_SIZE) as u64;
+                            TeeError::input(&format!("CPUID page at gpa {gpa:#x}"), reason)
+                        }
+                        other => other,
+                    })?;
                 chunk.copy_from_slice(&page[..]);
                 filled += 1;
             }

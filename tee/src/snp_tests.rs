@@ -555,6 +555,84 @@ fn o5_igvm_sequence_matches_the_plan_and_the_igvm_crate_digest() {
     assert_eq!(&ib.block[88..96], &0x30000u64.to_le_bytes());
 }
 
+/// An IGVM CPUID page with a template (COCONUT's igvmbuilder writes the functions its guest
+/// wants, outputs zero) reaches LAUNCH_UPDATE with those functions filled from the vCPU's
+/// CPUID, the digest stays the igvm crate's; a template claiming 65 functions stops the launch
+/// before any ioctl with an error naming the page's gpa and the count.
+#[test]
+fn an_igvm_cpuid_template_is_filled_from_the_vcpu_cpuid() {
+    use crate::igvm::tests::{file, inputs, oracle, page_with, vmsa_last};
+    use crate::snp_cpuid::{SnpCpuidFunction, SnpCpuidTable};
+    use igvm_defs::{IgvmPageDataFlags as Flags, IgvmPageDataType as Type};
+    use zerocopy::{FromZeros, IntoBytes};
+    let template = |functions: &[(u32, u32)]| {
+        let mut t = SnpCpuidTable::new_zeroed();
+        t.count = functions.len() as u32;
+        for (f, &(eax_in, ecx_in)) in t.functions.iter_mut().zip(functions) {
+            *f = SnpCpuidFunction {
+                eax_in,
+                ecx_in,
+                ..Default::default()
+            };
+        }
+        t.as_bytes().to_vec()
+    };
+    let with = |cpuid_page: Vec<u8>| {
+        file(vec![
+            page_with(0x10000, Flags::new(), Type::NORMAL, vec![0x90; 4096]),
+            page_with(0x11000, Flags::new(), Type::CPUID_DATA, cpuid_page),
+            vmsa_last(),
+        ])
+    };
+    let bytes = with(template(&[(0x8000_001f, 0), (1, 0)]));
+    let mut plan = LaunchPlan::from_inputs(&inputs(bytes.clone(), 1)).unwrap();
+    assert_eq!(plan.fill_cpuid_pages(&cpuid_entries()).unwrap(), 1);
+    assert_eq!(crate::measure::hex(&plan.digest()), oracle(&bytes));
+    let r = plan
+        .ranges
+        .iter()
+        .find(|r| r.page_type == PageType::Cpuid)
+        .unwrap();
+    let table = SnpCpuidTable::read_from_prefix(r.data.as_bytes())
+        .unwrap()
+        .0;
+    assert_eq!(table.count, 2);
+    let got: Vec<_> = table.functions[..2]
+        .iter()
+        .map(|f| (f.eax_in, f.eax, f.ebx, f.ecx, f.edx))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0x8000_001f, 0x1_0003, 0x5_0173, 0x1234, 0x5678),
+            (1, 0x00a0_0f11, 0x0800, 0x1234, 0x5678)
+        ]
+    );
+    let mut ops = RecordingOps::snp_host();
+    SnpLauncher::new(&mut ops).launch(&plan, &cfg()).unwrap();
+    let ups = ops.launch_updates();
+    let u = ups
+        .iter()
+        .find(|u| u.type_ == PageType::Cpuid as u8)
+        .expect("a CPUID LAUNCH_UPDATE");
+    assert_eq!(
+        (u.gfn_start << 12, u.uaddr),
+        (0x11000, r.data.as_bytes().as_ptr() as u64)
+    );
+
+    let mut bad = template(&[(0, 0)]);
+    bad[..4].copy_from_slice(&65u32.to_le_bytes());
+    let mut plan = LaunchPlan::from_inputs(&inputs(with(bad), 1)).unwrap();
+    let e = plan
+        .fill_cpuid_pages(&cpuid_entries())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("CPUID page at gpa 0x11000") && e.contains("claims 65 functions"),
+        "{e}"
+    );
+}
+
 /// A small vCPU CPUID list (vendor, features, XSAVE).
 fn cpuid_entries() -> Vec<KvmCpuidEntry2> {
     let e = |function, index, flags, eax, ebx| KvmCpuidEntry2 {
@@ -608,6 +686,7 @@ fn cpuid_page_reaches_launch_update_filled_and_the_digest_is_unchanged() {
     assert_eq!(digest_of_recorded(&ops, &plan), before);
 
     // Too many entries: an error naming the count, nothing launched.
+    let mut plan = self::plan(2);
     let many: Vec<_> = (0..70)
         .map(|i| KvmCpuidEntry2 {
             function: i,
