@@ -1,6 +1,7 @@
 //! Firmware parsers. The input as an IGVM file (its v1 fixed header's total size and CRC32
 //! fixed up first, see `cvmm_fuzz::igvm::fix_header`) goes through all three IGVM paths: the
-//! SEV-SNP plan (`tee::igvm::plan_from_igvm`, then its update list and digest), the TDX plan
+//! SEV-SNP plan (`tee::igvm::plan_from_igvm`, then its update list, digest and CPUID pages
+//! filled as templates from a fixed vCPU CPUID), the TDX plan
 //! (`tee::tdx_plan::TdxPlan::from_igvm`, then its MRTD) and the plain-KVM loader
 //! (`vmm::igvm_boot::load_native` into 16 MiB of guest memory, the least cvmm allows; no KVM
 //! needed). The input right-aligned in a 4 KiB-multiple image (the OVMF footer table is found
@@ -25,6 +26,28 @@ const PAGE: usize = 4096;
 /// Guest RAM of the native loader: small, so writes outside it are exercised too.
 const GUEST_MIB: u64 = 16;
 
+/// A vCPU CPUID with XSAVE components, for the CPUID templates of the input.
+fn vcpu_cpuid() -> Vec<tee::uapi::KvmCpuidEntry2> {
+    let e = |function, index, eax, ebx, ecx| tee::uapi::KvmCpuidEntry2 {
+        function,
+        index,
+        flags: tee::uapi::KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        eax,
+        ebx,
+        ecx,
+        ..Default::default()
+    };
+    vec![
+        e(0, 0, 0x10, 0x6874_7541, 0),
+        e(1, 0, 0x00a0_0f11, 0x0800, 0xfef8_3203),
+        e(0xd, 0, 0x207, 0x988, 0x988),
+        e(0xd, 1, 0xf, 0x348, 0x1800),
+        e(0xd, 2, 0x100, 0x240, 0),
+        e(0xd, 9, 0x8, 0xa80, 0),
+        e(0xd, 11, u32::MAX, 0, 0b11),
+    ]
+}
+
 fn guest_memory() -> &'static GuestMem {
     static MEM: OnceLock<GuestMem> = OnceLock::new();
     MEM.get_or_init(|| create(GUEST_MIB).expect("16 MiB of guest memory"))
@@ -47,9 +70,10 @@ fuzz_target!(|data: &[u8]| {
     let mut file = data.to_vec();
     cvmm_fuzz::igvm::fix_header(&mut file);
     if !cvmm_fuzz::igvm::known_igvm_crate_panic(&file) {
-        if let Ok(plan) = tee::igvm::plan_from_igvm("fuzz.igvm", &file, &inputs) {
+        if let Ok(mut plan) = tee::igvm::plan_from_igvm("fuzz.igvm", &file, &inputs) {
             let _ = plan.update_list();
             let _ = plan.digest();
+            let _ = plan.fill_cpuid_pages(&vcpu_cpuid());
         }
         if let Ok(plan) = TdxPlan::from_igvm("fuzz.igvm", &file) {
             let _ = plan.mrtd();
