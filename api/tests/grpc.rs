@@ -143,9 +143,7 @@ async fn the_vm_cap_is_enforced_and_freed_by_removal() {
 
 #[tokio::test]
 async fn an_exhausted_port_range_fails_with_the_go_message() {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = probe.local_addr().unwrap().port();
-    drop(probe);
+    let port = lone_port();
     let range = format!("{port}-{port}");
     let h = Harness::start(
         SLEEPER,

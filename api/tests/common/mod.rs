@@ -28,6 +28,21 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// a test binary only repeat after 40 managers.
 static NEXT_RANGE: AtomicU32 = AtomicU32::new(0);
 
+/// A loopback port free now, for a test's own one-port range: above the harnesses' ranges and
+/// below the ephemeral ports, never the same twice in a test process.
+pub fn lone_port() -> u16 {
+    static NEXT_LONE: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 1000) * 2;
+    for _ in 0..2000 {
+        let n = NEXT_LONE.fetch_add(1, Ordering::SeqCst);
+        let port = 30000 + ((start + n) % 2000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 30000-31999");
+}
+
 /// A running manager.
 pub struct Harness {
     pub root: PathBuf,
@@ -83,7 +98,9 @@ pub fn config(root: &Path, state: &Path, exe: &Path, extra: &[(&str, String)]) -
         }
     }
     let n = NEXT_RANGE.fetch_add(1, Ordering::SeqCst) as u16;
-    let base = 42000 + (std::process::id() as u16 % 50) * 200 + (n % 40) * 5;
+    // Below Linux's ephemeral ports (32768 and up): no `bind(0)` listener of another harness
+    // and no outgoing connection can sit in the range.
+    let base = 20000 + (std::process::id() as u16 % 50) * 200 + (n % 40) * 5;
     let mut vars: Vec<(String, String)> = vec![
         ("MANAGER_VMM_EXE".into(), exe.display().to_string()),
         ("MANAGER_STATE_DIR".into(), state.display().to_string()),
