@@ -40,6 +40,13 @@ enum Command {
         /// What to ask.
         #[arg(value_enum)]
         op: CtlOp,
+        /// powerdown: wait up to SECS seconds for the guest to power off (exit 1 if it has
+        /// not, unless --force).
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+        /// powerdown --wait: stop the VM if the guest has not powered off in time.
+        #[arg(long, requires = "wait")]
+        force: bool,
     },
     /// (internal) Run one VM described by a JSON VmSpec; used by `cvmm manager`.
     Vm {
@@ -606,15 +613,31 @@ fn run_vm_with_control(
     }
 }
 
-/// `cvmm ctl SOCKET OP`: one request on a VM's control socket.
-fn ctl(socket: &std::path::Path, op: CtlOp) -> ExitCode {
-    let done = match op {
-        CtlOp::Status => vmm::control::status(socket).map(|s| {
+/// `cvmm ctl SOCKET OP`: one request on a VM's control socket; `powerdown --wait SECS
+/// [--force]` then waits for the VM to end (and stops it if forced).
+fn ctl(socket: &std::path::Path, op: CtlOp, wait: Option<u64>, force: bool) -> ExitCode {
+    if wait.is_some() && !matches!(op, CtlOp::Powerdown) {
+        eprintln!("cvmm: error: --wait only goes with powerdown");
+        return ExitCode::from(EXIT_INPUT);
+    }
+    let done = match (op, wait) {
+        (CtlOp::Status, _) => vmm::control::status(socket).map(|s| {
             let line = serde_json::to_string(&s).unwrap_or_default();
             stdout_text(&format!("{line}\n"));
         }),
-        CtlOp::Powerdown => vmm::control::powerdown(socket),
-        CtlOp::Stop => vmm::control::stop(socket),
+        (CtlOp::Powerdown, None) => vmm::control::powerdown(socket),
+        (CtlOp::Powerdown, Some(secs)) => {
+            let wait = std::time::Duration::from_secs(secs);
+            vmm::control::powerdown_and_wait(socket, wait, force).map(|outcome| match outcome {
+                vmm::control::PowerdownOutcome::PoweredOff(after) => {
+                    eprintln!("cvmm: the guest powered off {} ms after the press", after.as_millis());
+                }
+                vmm::control::PowerdownOutcome::Stopped => {
+                    eprintln!("cvmm: warning: the guest did not power off within {secs} s; the VM was stopped");
+                }
+            })
+        }
+        (CtlOp::Stop, _) => vmm::control::stop(socket),
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
@@ -786,7 +809,12 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EXIT_INPUT)
             }
         },
-        Command::Ctl { socket, op } => ctl(&socket, op),
+        Command::Ctl {
+            socket,
+            op,
+            wait,
+            force,
+        } => ctl(&socket, op, wait, force),
         Command::Vm {
             spec,
             seccomp,

@@ -249,10 +249,11 @@ fn the_manager_in_log_mode_survives_the_same_call() {
     let _ = std::fs::remove_dir_all(manager_state_dir("log"));
 }
 
-/// `cvmm run --control SOCK` with `cvmm ctl SOCK status|powerdown|stop` (filters in kill
-/// mode): status is one JSON line with the VM's pid and phases, powerdown presses the button
-/// (`power_button` phase), stop ends the VM as SIGTERM does; afterwards ctl names the socket
-/// it could not reach and exits 1.
+/// `cvmm run --control SOCK` with `cvmm ctl SOCK status|powerdown` (filters in kill mode):
+/// status is one JSON line with the VM's pid and phases, powerdown presses the button
+/// (`power_button` phase); `powerdown --wait 1` on a guest that ignores the button exits 1
+/// and leaves it running, `--force` then stops it as SIGTERM does; afterwards ctl names the
+/// socket it could not reach and exits 1.
 #[test]
 fn cvmm_ctl_drives_a_foreground_vm_through_its_control_socket() {
     if !kvm_available("tier B cvmm ctl") {
@@ -303,8 +304,27 @@ fn cvmm_ctl_drives_a_foreground_vm_through_its_control_socket() {
     let r = run_cvmm(&["ctl", sock_arg, "powerdown"], LIMIT);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     status_with("power_button").expect("the press reached the VM's button");
-    let r = run_cvmm(&["ctl", sock_arg, "stop"], LIMIT);
+    // The probe has no button handler: a wait for its power-off ends in an error naming the
+    // socket, and the VM (polled for its end all along) keeps running.
+    let r = run_cvmm(&["ctl", sock_arg, "powerdown", "--wait", "1"], LIMIT);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(sock_arg)
+            && r.stderr
+                .contains("still runs 1s after the power button press"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(status_with("power_button").unwrap()["state"], "running");
+    let r = run_cvmm(&["ctl", sock_arg, "status", "--wait", "1"], LIMIT);
+    assert_eq!(r.code, Some(2), "--wait without powerdown: {}", r.stderr);
+    // With --force the VM is stopped after the wait, as SIGTERM does.
+    let r = run_cvmm(
+        &["ctl", sock_arg, "powerdown", "--wait", "1", "--force"],
+        LIMIT,
+    );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("the VM was stopped"), "{}", r.stderr);
     let vm = wait_limit(child, LIMIT);
     assert_eq!(vm.code, Some(128 + libc::SIGTERM), "{}", vm.stderr);
     let r = run_cvmm(&["ctl", sock_arg, "status"], LIMIT);

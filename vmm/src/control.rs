@@ -43,6 +43,26 @@ pub enum ControlError {
         op: &'static str,
         message: String,
     },
+    #[error("control socket {path}: the VM still runs {waited:?} after {what}")]
+    StillRunning {
+        path: PathBuf,
+        what: &'static str,
+        waited: Duration,
+    },
+}
+
+/// How long [`powerdown_and_wait`] waits for a VM it stopped to end.
+pub const STOP_WAIT: Duration = Duration::from_secs(30);
+/// How often a waiting client looks whether the VM has ended.
+const GONE_POLL: Duration = Duration::from_millis(20);
+
+/// How a [`powerdown_and_wait`] ended: the VM is gone either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerdownOutcome {
+    /// The guest powered off this long after the press.
+    PoweredOff(Duration),
+    /// The guest was still running at the end of the wait, and the VM was stopped.
+    Stopped,
 }
 
 /// What the server answers to `status`.
@@ -313,6 +333,67 @@ pub fn powerdown(path: &Path) -> Result<(), ControlError> {
     }
 }
 
+/// Presses the power button of the VM behind `path` and waits up to `wait` for the VM to end
+/// (its socket refuses connections or is gone). A VM still running then is an error, or with
+/// `force` is stopped (as SIGTERM does) and waited for up to [`STOP_WAIT`].
+pub fn powerdown_and_wait(
+    path: &Path,
+    wait: Duration,
+    force: bool,
+) -> Result<PowerdownOutcome, ControlError> {
+    powerdown(path)?;
+    let pressed = std::time::Instant::now();
+    if wait_gone(path, wait) {
+        return Ok(PowerdownOutcome::PoweredOff(pressed.elapsed()));
+    }
+    let still = |what, waited| ControlError::StillRunning {
+        path: path.to_path_buf(),
+        what,
+        waited,
+    };
+    if !force {
+        return Err(still("the power button press", wait));
+    }
+    tracing::warn!(socket = %path.display(), ?wait, "the guest did not power off; stopping the VM");
+    match stop(path) {
+        // Gone between the last look and the stop: it powered off after all.
+        Err(ControlError::Io { source, .. }) if is_gone(&source) => {
+            return Ok(PowerdownOutcome::PoweredOff(pressed.elapsed()));
+        }
+        other => other?,
+    }
+    if wait_gone(path, STOP_WAIT) {
+        Ok(PowerdownOutcome::Stopped)
+    } else {
+        Err(still("the stop request", STOP_WAIT))
+    }
+}
+
+/// Whether a connect error says no VM serves the socket any more (a VM that exited leaves its
+/// socket file behind, refusing connections).
+fn is_gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// Looks every [`GONE_POLL`] whether the VM behind `path` has ended, for up to `limit`.
+fn wait_gone(path: &Path, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Err(e) = UnixStream::connect(path) {
+            if is_gone(&e) {
+                return true;
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(GONE_POLL);
+    }
+}
+
 /// Asks the VM behind `path` to stop (it acknowledges before it starts stopping).
 pub fn stop(path: &Path) -> Result<(), ControlError> {
     let answer = call(path, "{\"op\":\"stop\"}\n")?;
@@ -448,6 +529,89 @@ mod tests {
         for p in [path, failing, plain] {
             let _ = std::fs::remove_file(p);
         }
+    }
+
+    /// A server whose power button and stop hooks count their calls and, when told to, make
+    /// the VM "end" 100 ms later (its socket file goes away: connecting fails, as it does to
+    /// an exited VM).
+    fn vm_with(
+        tag: &str,
+        ends_on_press: bool,
+        ends_on_stop: bool,
+    ) -> (PathBuf, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let path = sock(tag);
+        let (presses, stops) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let end_later = |path: PathBuf| {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let _ = std::fs::remove_file(path);
+            });
+        };
+        let (p2, s2, path_p, path_s) = (presses.clone(), stops.clone(), path.clone(), path.clone());
+        start_with(
+            &path,
+            tag.into(),
+            Timeline::new(),
+            ControlHooks {
+                on_stop: Box::new(move || {
+                    s2.fetch_add(1, Ordering::SeqCst);
+                    if ends_on_stop {
+                        end_later(path_s.clone());
+                    }
+                }),
+                on_powerdown: Some(Box::new(move || {
+                    p2.fetch_add(1, Ordering::SeqCst);
+                    if ends_on_press {
+                        end_later(path_p.clone());
+                    }
+                    Ok(())
+                })),
+            },
+        )
+        .unwrap();
+        (path, presses, stops)
+    }
+
+    /// powerdown with a wait: a guest that powers off ends the wait (not stopped); one that
+    /// ignores the press is an error naming the socket and the wait, and keeps running; with
+    /// force it is stopped after the wait.
+    #[test]
+    fn powerdown_and_wait_reports_power_off_timeout_or_forced_stop() {
+        let wait = Duration::from_secs(5);
+        let (path, presses, stops) = vm_with("w1", true, false);
+        let outcome = powerdown_and_wait(&path, wait, true).unwrap();
+        let PowerdownOutcome::PoweredOff(after) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(
+            after >= Duration::from_millis(100) && after < wait,
+            "{after:?}"
+        );
+        assert_eq!(
+            (presses.load(Ordering::SeqCst), stops.load(Ordering::SeqCst)),
+            (1, 0)
+        );
+
+        let (path, presses, stops) = vm_with("w2", false, true);
+        let e = powerdown_and_wait(&path, Duration::from_millis(300), false).unwrap_err();
+        assert!(
+            matches!(&e, ControlError::StillRunning { what, waited, .. }
+                if *what == "the power button press" && *waited == Duration::from_millis(300)),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(path.to_str().unwrap()), "{e}");
+        assert_eq!(status(&path).unwrap().state, "running");
+        assert_eq!(
+            (presses.load(Ordering::SeqCst), stops.load(Ordering::SeqCst)),
+            (1, 0)
+        );
+        let outcome = powerdown_and_wait(&path, Duration::from_millis(300), true).unwrap();
+        assert_eq!(outcome, PowerdownOutcome::Stopped);
+        assert_eq!(
+            (presses.load(Ordering::SeqCst), stops.load(Ordering::SeqCst)),
+            (2, 1)
+        );
+        assert!(matches!(status(&path), Err(ControlError::Io { .. })));
     }
 
     #[test]

@@ -5,9 +5,10 @@
 #  2. Debian's unified OVMF.fd as a ROM (--firmware), the bzImage handed over by fw_cfg;
 #  3. OVMF_CODE_4M.fd + a copy of OVMF_VARS_4M.fd as CFI flash (--firmware-code/-vars):
 #     the variable store on disk changes (OVMF writes its boot variables);
-#  4. the power button pressed with `cvmm ctl SOCK powerdown` on direct boot (GED) and under
-#     OVMF (fixed feature): the guest's button driver delivers KEY_POWER, the guest powers off
-#     (l2-cases/powerbutton.sh does what acpid would) and cvmm exits 0.
+#  4. the power button pressed with `cvmm ctl SOCK powerdown --wait 60` on direct boot (GED)
+#     and under OVMF (fixed feature): the guest's button driver delivers KEY_POWER, the guest
+#     powers off (l2-cases/powerbutton.sh does what acpid would), cvmm exits 0 and ctl, which
+#     waited for that, exits 0 saying how long it took.
 # Firmware boots use 1 vCPU (firmware SMP start-up livelocks the rig, test-environment.md).
 # Needs run-l1.sh --add <cvmm>:/bin/cvmm and the OVMF images under /l2/ (run-tier-c.sh adds
 # them). RIG_FW_QEMU=1 also boots QEMU q35 + OVMF.fd for comparison (it has crashed the
@@ -45,8 +46,8 @@ button_check() {
 }
 
 # press_check NAME CVMM-RUN-ARGS...: boot with rig.l2=powerbutton and a control socket; once
-# the guest waits for the button, press it with `cvmm ctl`; the guest must read KEY_POWER and
-# power off, so cvmm exits 0.
+# the guest waits for the button, press it with `cvmm ctl ... --wait`; the guest must read
+# KEY_POWER and power off, so cvmm exits 0 and ctl reports the power-off.
 press_check() {
     name="$1"
     shift
@@ -56,23 +57,27 @@ press_check() {
         --control "$sock" </dev/null >"/tmp/$name.log" 2>&1 &
     pid=$!
     pressed=0
+    crc=
     while alive $pid; do
         if [ $pressed = 0 ] && grep -q 'RIG-L2: powerbutton waiting' "/tmp/$name.log"; then
-            if cvmm ctl "$sock" powerdown >/dev/null 2>>"/tmp/$name.ctl"; then
-                pressed=1
-                t_press=$(now_ms)
-            fi
+            # Blocks until the VM has ended (or 60 s have passed: exit 1, the VM left running).
+            t_press=$(now_ms)
+            cvmm ctl "$sock" powerdown --wait 60 >/dev/null 2>>"/tmp/$name.ctl"
+            crc=$?
+            pressed=1
         fi
         usleep 100000
     done
     wait $pid
     vrc=$?
     line=$(grep -a 'RIG-L2: powerbutton ' "/tmp/$name.log" | tail -n 1)
-    if [ $pressed = 1 ] && echo "$line" | grep -q 'pressed type=1 code=116' && [ $vrc = 0 ]; then
-        result "$name press_to_exit_ms=$(( $(now_ms) - t_press )) $line"
+    waited=$(grep -o 'powered off [0-9]* ms after the press' "/tmp/$name.ctl" 2>/dev/null)
+    if [ $pressed = 1 ] && [ "$crc" = 0 ] && [ -n "$waited" ] \
+        && echo "$line" | grep -q 'pressed type=1 code=116' && [ $vrc = 0 ]; then
+        result "$name press_to_exit_ms=$(( $(now_ms) - t_press )) ctl: $waited; $line"
         pass "$name"
     else
-        fail "$name" "pressed=$pressed vmm_rc=$vrc guest: ${line:-no powerbutton line} $(head -c 200 "/tmp/$name.ctl" 2>/dev/null)"
+        fail "$name" "pressed=$pressed ctl_rc=${crc:-none} vmm_rc=$vrc guest: ${line:-no powerbutton line} $(head -c 200 "/tmp/$name.ctl" 2>/dev/null)"
         return 1
     fi
 }
