@@ -275,19 +275,7 @@ mod tests {
             (0xd, 2, 0, 0, 0x100, 0x240, 0, 0),
         ];
         for (i, w) in want.iter().enumerate() {
-            let f = &page[0x10 + i * 0x30..0x10 + (i + 1) * 0x30];
-            let got = (
-                u32_at(f, 0),
-                u32_at(f, 4),
-                u64_at(f, 8),
-                u64_at(f, 0x10),
-                u32_at(f, 0x18),
-                u32_at(f, 0x1c),
-                u32_at(f, 0x20),
-                u32_at(f, 0x24),
-            );
-            assert_eq!(got, *w, "function {i}");
-            assert_eq!(u64_at(f, 0x28), 0, "function {i} reserved");
+            assert_eq!(function_at(&page[..], i), *w, "function {i}");
         }
         assert!(page[0x10 + 6 * 0x30..].iter().all(|b| *b == 0));
     }
@@ -315,6 +303,8 @@ mod tests {
         page
     }
 
+    /// Function `i` of the table in `page` at the firmware ABI's offsets: `(eax_in, ecx_in,
+    /// xcr0_in, xss_in, eax, ebx, ecx, edx)`; its reserved field must be zero.
     fn function_at(page: &[u8], i: usize) -> (u32, u32, u64, u64, u32, u32, u32, u32) {
         let f = &page[0x10 + i * 0x30..0x10 + (i + 1) * 0x30];
         assert_eq!(u64_at(f, 0x28), 0, "function {i} reserved");

@@ -608,13 +608,7 @@ fn an_igvm_cpuid_template_is_filled_from_the_vcpu_cpuid() {
             (1, 0x00a0_0f11, 0x0800, 0x1234, 0x5678)
         ]
     );
-    let mut ops = RecordingOps::snp_host();
-    SnpLauncher::new(&mut ops).launch(&plan, &cfg()).unwrap();
-    let ups = ops.launch_updates();
-    let u = ups
-        .iter()
-        .find(|u| u.type_ == PageType::Cpuid as u8)
-        .expect("a CPUID LAUNCH_UPDATE");
+    let u = launched_cpuid_update(&plan);
     assert_eq!(
         (u.gfn_start << 12, u.uaddr),
         (0x11000, r.data.as_bytes().as_ptr() as u64)
@@ -631,6 +625,17 @@ fn an_igvm_cpuid_template_is_filled_from_the_vcpu_cpuid() {
         e.contains("CPUID page at gpa 0x11000") && e.contains("claims 65 functions"),
         "{e}"
     );
+}
+
+/// Launches `plan` on the recording fake; returns its (one) CPUID LAUNCH_UPDATE.
+fn launched_cpuid_update(plan: &LaunchPlan) -> KvmSevSnpLaunchUpdate {
+    let mut ops = RecordingOps::snp_host();
+    SnpLauncher::new(&mut ops).launch(plan, &cfg()).unwrap();
+    let ups = ops.launch_updates();
+    let mut cpuid = ups.iter().filter(|u| u.type_ == PageType::Cpuid as u8);
+    let u = *cpuid.next().expect("a CPUID LAUNCH_UPDATE");
+    assert!(cpuid.next().is_none(), "one CPUID LAUNCH_UPDATE");
+    u
 }
 
 /// A small vCPU CPUID list (vendor, features, XSAVE).
@@ -673,16 +678,12 @@ fn cpuid_page_reaches_launch_update_filled_and_the_digest_is_unchanged() {
     assert_eq!(plan.ranges[cpuid].data.as_bytes(), &want[..]);
     assert_eq!(&want[..4], &4u32.to_le_bytes());
 
-    let mut ops = RecordingOps::snp_host();
-    SnpLauncher::new(&mut ops).launch(&plan, &cfg()).unwrap();
-    let ups = ops.launch_updates();
-    let u = ups
-        .iter()
-        .find(|u| u.type_ == PageType::Cpuid as u8)
-        .expect("a CPUID LAUNCH_UPDATE");
+    let u = launched_cpuid_update(&plan);
     let r = &plan.ranges[cpuid];
     assert_eq!((u.gfn_start << 12, u.len), (r.gpa, 0x1000));
     assert_eq!(u.uaddr, r.data.as_bytes().as_ptr() as u64);
+    let mut ops = RecordingOps::snp_host();
+    SnpLauncher::new(&mut ops).launch(&plan, &cfg()).unwrap();
     assert_eq!(digest_of_recorded(&ops, &plan), before);
 
     // Too many entries: an error naming the count, nothing launched.
